@@ -1,0 +1,85 @@
+"""The backend registry: name -> class, imported only when used.
+
+A backend starts workers and moves call batches to them and results back; it never interprets a
+call (the worker runtime does). Other packages add backends through the ``cloudbutton.backends``
+entry-point group, e.g. in their pyproject.toml::
+
+    [project.entry-points."cloudbutton.backends"]
+    knative = "mypackage.knative:KnativeBackend"
+"""
+
+from __future__ import annotations
+
+import abc
+import functools
+import importlib
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Protocol
+
+from ..errors import BackendError, CallError, ConfigError
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..job import JobSpec
+
+ENTRY_POINT_GROUP = "cloudbutton.backends"
+
+known_backends = {
+    "local": "cloudbutton.backends.local:LocalBackend",
+    "dask": "cloudbutton.backends.dask:DaskBackend",
+}
+
+
+class ResultSink(Protocol):
+    """Where a backend delivers the outcome of each call it was given (from any thread)."""
+
+    def on_result(self, job: JobSpec, result: tuple[int, bool, bytes, dict]) -> None:
+        """A call ran: ``result`` is what ``Runtime.run_call`` returned."""
+
+    def on_lost(self, job: JobSpec, index: int, error: CallError) -> None:
+        """A call did not finish: its worker died or it exceeded its timeout."""
+
+
+class Backend(abc.ABC):
+    """Runs batches of calls. Subclasses implement ``submit`` and usually ``close``."""
+
+    def __init__(self, config: Config):
+        self.config = config
+
+    @property
+    @abc.abstractmethod
+    def workers(self) -> int:
+        """How many calls can run at once (used to size batches and pick defaults)."""
+
+    @abc.abstractmethod
+    def submit(self, job: JobSpec, calls: list[tuple[int, bytes]], sink: ResultSink) -> None:
+        """Queue ``calls`` (index, pickled arguments) of ``job`` and return at once; every call must
+        later reach ``sink.on_result`` or ``sink.on_lost`` exactly once."""
+
+    def close(self) -> None:
+        """Stop what this backend started."""
+
+
+@functools.cache
+def _plugins() -> dict:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def backend_names() -> list[str]:
+    return sorted(set(known_backends) | set(_plugins()))
+
+
+def get_backend_class(name: str) -> type[Backend]:
+    if name in known_backends:
+        module_name, _, class_name = known_backends[name].partition(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as e:
+            raise BackendError(
+                f"backend {name!r} needs a package that is not installed ({e.name}); "
+                f"install it with: pip install 'cloudbutton[{name}]'"
+            ) from e
+        return getattr(module, class_name)
+    if name in _plugins():
+        return _plugins()[name].load()
+    raise ConfigError(f"backend = {name!r} is unknown; allowed: {', '.join(backend_names())}")

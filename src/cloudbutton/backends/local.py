@@ -1,0 +1,282 @@
+"""The ``local`` backend: warm worker processes on this machine.
+
+Workers are started as ``python -m cloudbutton.worker`` (never by forking the caller, and never
+re-importing the caller's main module), talk to the caller over a private socket pair, and are
+shared by every local executor of the process with the same size, so later jobs start warm. A
+worker that dies or overruns a call's timeout is replaced; the calls of its batch that had not
+started are given to other workers.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import dataclasses
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+
+from ..errors import CallTimeoutError, WorkerLostError
+from ..job import JobSpec, next_batch_size
+from . import Backend, ResultSink
+
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+@dataclasses.dataclass
+class _Queued:
+    job: JobSpec
+    calls: collections.deque  # of (index, args bytes)
+    sink: ResultSink
+
+
+@dataclasses.dataclass
+class _Batch:
+    job: JobSpec
+    calls: list
+    sink: ResultSink
+    done: int = 0  # results received; calls[done] is the one running
+    call_started: float = 0.0  # monotonic time the running call started (as far as we can tell)
+
+
+class _Worker:
+    def __init__(self):
+        parent_end, child_end = socket.socketpair()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cloudbutton.worker", str(child_end.fileno()), str(os.getpid())],
+            pass_fds=[child_end.fileno()],
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
+        child_end.close()
+        self.conn = Connection(parent_end.detach())
+        self.known_functions: set[str] = set()
+        self.batch: _Batch | None = None
+        self.retiring = False  # replace it once its batch is done (it hit a memory limit)
+
+    def send(self, batch: _Batch) -> None:
+        job = batch.job
+        if job.function_key in self.known_functions:
+            job = dataclasses.replace(job, function_bytes=None)
+        self.known_functions.add(job.function_key)
+        self.batch = batch
+        batch.call_started = time.monotonic()
+        self.conn.send_bytes(pickle.dumps((job, batch.calls), protocol=pickle.HIGHEST_PROTOCOL))
+
+    def exit_reason(self) -> str:
+        try:
+            code = self.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        if code < 0:
+            return f"killed by signal {signal.Signals(-code).name}"
+        return f"exited with code {code}"
+
+
+class WorkerPool:
+    """A fixed number of warm worker processes and the thread that feeds them."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._queue: collections.deque[_Queued] = collections.deque()
+        self._lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe()
+        self._closed = False
+        self._workers = [_Worker() for _ in range(size)]
+        self._thread = threading.Thread(target=self._run, name="cloudbutton-local-pool", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: JobSpec, calls, sink: ResultSink) -> None:
+        with self._lock:
+            self._queue.append(_Queued(job, collections.deque(calls), sink))
+        os.write(self._wake_w, b"x")
+
+    def cancel(self, job_keys: set[str]) -> list[tuple[JobSpec, int]]:
+        """Drop the queued (not yet running) calls of these jobs; return them."""
+        dropped = []
+        with self._lock:
+            for queued in [q for q in self._queue if q.job.key in job_keys]:
+                self._queue.remove(queued)
+                dropped += [(queued.job, index) for index, _ in queued.calls]
+        return dropped
+
+    def worker_pids(self) -> list[int]:
+        return [w.proc.pid for w in self._workers]
+
+    def close(self) -> None:
+        self._closed = True
+        os.write(self._wake_w, b"x")
+        for w in self._workers:
+            try:
+                w.conn.send_bytes(pickle.dumps((None, None)))
+            except OSError:
+                pass
+        deadline = time.monotonic() + 2
+        for w in self._workers:
+            try:
+                w.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                w.proc.kill()
+                w.proc.wait()
+            w.conn.close()
+
+    # --- the dispatcher thread -------------------------------------------------------------
+
+    def _next_batch(self) -> _Batch | None:
+        with self._lock:
+            while self._queue:
+                queued = self._queue[0]
+                if not queued.calls:
+                    self._queue.popleft()
+                    continue
+                remaining = sum(len(q.calls) for q in self._queue)
+                n = next_batch_size(remaining, self.size, queued.job.chunksize)
+                calls = [queued.calls.popleft() for _ in range(min(n, len(queued.calls)))]
+                return _Batch(queued.job, calls, queued.sink)
+        return None
+
+    def _dispatch(self) -> None:
+        for w in self._workers:
+            if w.batch is None:
+                batch = self._next_batch()
+                if batch is None:
+                    return
+                try:
+                    w.send(batch)
+                except OSError:
+                    pass  # it died; its EOF is handled by the loop and the batch goes to another
+
+    def _run(self) -> None:
+        while not self._closed:
+            self._dispatch()
+            timeout = self._until_next_deadline()
+            ready = wait([w.conn for w in self._workers] + [self._wake_r], timeout)
+            if self._wake_r in ready:
+                os.read(self._wake_r, 4096)
+            for w in list(self._workers):
+                if w.conn in ready:
+                    self._receive(w)
+            self._enforce_timeouts()
+
+    def _receive(self, w: _Worker) -> None:
+        try:
+            while w.conn.poll():
+                self._deliver(w, pickle.loads(w.conn.recv_bytes()))
+        except (EOFError, OSError):
+            if not self._closed:
+                self._replace(w, lambda name, _: WorkerLostError(
+                    f"worker {w.proc.pid} running call {name} was lost: {w.exit_reason()}", name))
+
+    def _deliver(self, w: _Worker, result) -> None:
+        batch = w.batch
+        batch.done += 1
+        batch.call_started = time.monotonic()
+        w.retiring = w.retiring or result[3].get("memory_exceeded", False)
+        if batch.done == len(batch.calls):
+            w.batch = None
+            if w.retiring:
+                self._retire(w)
+        batch.sink.on_result(batch.job, result)
+
+    def _retire(self, w: _Worker) -> None:
+        try:
+            w.conn.send_bytes(pickle.dumps((None, None)))
+        except OSError:
+            pass
+        w.conn.close()
+        self._workers[self._workers.index(w)] = _Worker()
+        try:
+            w.proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            w.proc.kill()
+            w.proc.wait()
+
+    def _until_next_deadline(self) -> float | None:
+        deadlines = [
+            w.batch.call_started + w.batch.job.timeout
+            for w in self._workers
+            if w.batch is not None and w.batch.job.timeout is not None
+        ]
+        return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+
+    def _enforce_timeouts(self) -> None:
+        now = time.monotonic()
+        for w in list(self._workers):
+            b = w.batch
+            if b is not None and b.job.timeout is not None and now >= b.call_started + b.job.timeout:
+                w.proc.kill()
+                w.proc.wait()
+                try:  # deliver what it finished before it was stopped
+                    while w.batch is b and w.conn.poll():
+                        self._deliver(w, pickle.loads(w.conn.recv_bytes()))
+                except (EOFError, OSError):
+                    pass
+                if w.batch is b:
+                    self._replace(w, lambda name, job: CallTimeoutError(
+                        f"call {name} exceeded its timeout of {job.timeout} s; its worker was stopped", name))
+
+    def _replace(self, w: _Worker, error_for) -> None:
+        """Report the running call of a dead worker, requeue the rest of its batch, start another."""
+        w.conn.close()
+        if w.proc.poll() is None:
+            w.proc.kill()
+        w.proc.wait()
+        self._workers[self._workers.index(w)] = _Worker()
+        batch = w.batch
+        if batch is None:
+            return
+        index, _ = batch.calls[batch.done]
+        rest = batch.calls[batch.done + 1 :]
+        if rest:
+            with self._lock:
+                self._queue.appendleft(_Queued(batch.job, collections.deque(rest), batch.sink))
+        batch.sink.on_lost(batch.job, index, error_for(batch.job.call_name(index), batch.job))
+
+
+_pools: dict[int, WorkerPool] = {}
+_pools_lock = threading.Lock()
+
+
+def shared_pool(size: int) -> WorkerPool:
+    with _pools_lock:
+        if size not in _pools:
+            _pools[size] = WorkerPool(size)
+        return _pools[size]
+
+
+@atexit.register
+def close_pools() -> None:
+    """Stop every warm worker (also run at interpreter exit)."""
+    with _pools_lock:
+        pools = list(_pools.values())
+        _pools.clear()
+    for pool in pools:
+        pool.close()
+
+
+class LocalBackend(Backend):
+    def __init__(self, config):
+        super().__init__(config)
+        self.pool = shared_pool(config.max_workers or os.cpu_count() or 1)
+        self._jobs: set[str] = set()
+
+    @property
+    def workers(self) -> int:
+        return self.pool.size
+
+    def submit(self, job, calls, sink) -> None:
+        self._jobs.add(job.key)
+        self.pool.submit(job, calls, sink)
+
+    def cancel(self) -> list[tuple[JobSpec, int]]:
+        return self.pool.cancel(self._jobs)

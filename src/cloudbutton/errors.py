@@ -1,0 +1,49 @@
+"""The exception hierarchy: every error cloudbutton raises on its own account is a CloudbuttonError.
+
+Exceptions raised by a user's function are re-raised in the caller with their own type (the remote
+traceback text is attached as a note), so they are not part of this hierarchy.
+"""
+
+
+class CloudbuttonError(Exception):
+    """Base class of every error raised by cloudbutton itself."""
+
+
+class ConfigError(CloudbuttonError, ValueError):
+    """A configuration key is unknown or its value is invalid; the message names the key."""
+
+
+class SerializationError(CloudbuttonError, TypeError):
+    """A function or an argument could not be pickled (raised at submit time, before anything runs)."""
+
+
+class BackendError(CloudbuttonError):
+    """A backend could not start, or failed in a way that is not tied to one call."""
+
+
+class CallError(CloudbuttonError):
+    """Base of the errors that concern one call; ``call`` names it (e.g. ``"M000/00017 (inc)"``)."""
+
+    def __init__(self, message: str, call: str = ""):
+        super().__init__(message)
+        self.call = call
+
+
+class WorkerLostError(CallError):
+    """The worker running a call died (crash, ``os._exit``, kill -9, segfault)."""
+
+
+class MemoryLimitError(WorkerLostError, MemoryError):
+    """A call tried to use more memory than its ``runtime_memory``; its worker was replaced."""
+
+
+class CallTimeoutError(CallError, TimeoutError):
+    """A call ran longer than its ``timeout``; its worker was killed and replaced."""
+
+
+class WaitTimeoutError(CloudbuttonError, TimeoutError):
+    """``wait``/``get_result`` ran out of time; the calls keep running and can be collected later."""
+
+
+class RemoteError(CallError):
+    """A call raised an exception that could not be sent back as itself (e.g. it was unpicklable)."""

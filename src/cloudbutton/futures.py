@@ -1,0 +1,137 @@
+"""Futures of calls, and waiting for them.
+
+``ResponseFuture`` is a ``concurrent.futures.Future``, so ``result(timeout)``, ``exception()``,
+``done()``, ``add_done_callback`` and ``concurrent.futures.wait``/``as_completed`` all work.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from .errors import WaitTimeoutError
+
+ALL_COMPLETED = cf.ALL_COMPLETED
+ANY_COMPLETED = FIRST_COMPLETED = cf.FIRST_COMPLETED
+ALWAYS = "ALWAYS"  # check once and return at once
+
+
+class ResponseFuture(cf.Future):
+    """The future result of one call; ``stats`` holds its timestamps and measurements."""
+
+    def __init__(self, job_key: str, call_index: int, function_name: str):
+        super().__init__()
+        self.job_key = job_key
+        self.call_index = call_index
+        self.function_name = function_name
+        self.attempts = 1
+        self.stats: dict[str, Any] = {"submitted": time.time()}
+
+    @property
+    def call_id(self) -> str:
+        return f"{self.call_index:05d}"
+
+    @property
+    def name(self) -> str:
+        return f"{self.job_key}/{self.call_id} ({self.function_name})"
+
+    def __repr__(self) -> str:
+        return f"<ResponseFuture {self.name} {self._state.lower()}>"
+
+
+class _ProgressBar:
+    def __init__(self, total: int):
+        self.total, self.start, self.shown = total, time.monotonic(), -1
+
+    def update(self, done: int, final: bool = False) -> None:
+        if done == self.shown and not final:
+            return
+        self.shown = done
+        width = 30
+        filled = width * done // max(self.total, 1)
+        elapsed = time.monotonic() - self.start
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{self.total} calls  {elapsed:.1f} s")
+        if final:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def _progress_wanted(show_progressbar: bool | None) -> bool:
+    return sys.stderr.isatty() if show_progressbar is None else show_progressbar
+
+
+def wait(
+    fs: Sequence[cf.Future],
+    throw_except: bool = True,
+    return_when: str = ALL_COMPLETED,
+    timeout: float | None = None,
+    show_progressbar: bool | None = False,
+) -> tuple[list, list]:
+    """Wait for futures; return ``(done, not_done)`` in input order. Returns when ``return_when``
+    holds or ``timeout`` expires (whichever first). With ``throw_except``, raise the exception of
+    the first failed call among those done."""
+    if return_when not in (ALL_COMPLETED, ANY_COMPLETED, ALWAYS):
+        raise ValueError(f"return_when must be ALL_COMPLETED, ANY_COMPLETED or ALWAYS, not {return_when!r}")
+    fs = list(fs)
+    if return_when != ALWAYS:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        bar = _ProgressBar(len(fs)) if _progress_wanted(show_progressbar) and fs else None
+        pending = [f for f in fs if not f.done()]
+        while pending:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            step = left if bar is None else min(0.25, left if left is not None else 0.25)
+            _, not_done = cf.wait(pending, step, return_when)
+            if bar:
+                bar.update(len(fs) - len(not_done))
+            if len(not_done) < len(pending) and return_when == ANY_COMPLETED:
+                break
+            pending = [f for f in pending if f in not_done]
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+        if bar:
+            bar.update(sum(f.done() for f in fs), final=True)
+    done = [f for f in fs if f.done()]
+    not_done = [f for f in fs if not f.done()]
+    if throw_except:
+        for f in done:
+            if not f.cancelled() and f.exception() is not None:
+                raise f.exception()
+    return done, not_done
+
+
+def get_result(
+    fs: Sequence[cf.Future],
+    throw_except: bool = True,
+    timeout: float | None = None,
+    show_progressbar: bool | None = False,
+) -> list:
+    """Results of ``fs`` in input order; a failed call raises (or, without ``throw_except``, its
+    exception takes its place). Raise ``WaitTimeoutError`` if ``timeout`` expires first."""
+    fs = list(fs)
+    _, not_done = wait(fs, throw_except, ALL_COMPLETED, timeout, show_progressbar)
+    if not_done:
+        raise WaitTimeoutError(
+            f"{len(not_done)} of {len(fs)} calls not finished after {timeout} s (first: {_name(not_done[0])});"
+            " they keep running: call get_result again to collect them"
+        )
+    return [_outcome(f, throw_except) for f in fs]
+
+
+def _outcome(f: cf.Future, throw_except: bool) -> Any:
+    if f.cancelled():
+        error = cf.CancelledError(f"{_name(f)} was cancelled")
+        if throw_except:
+            raise error
+        return error
+    return f.exception() or f.result()
+
+
+def _name(f: cf.Future) -> str:
+    return getattr(f, "name", repr(f))
+
+
+def as_list(fs: cf.Future | Iterable[cf.Future]) -> list:
+    return [fs] if isinstance(fs, cf.Future) else list(fs)

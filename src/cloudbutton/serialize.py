@@ -1,0 +1,109 @@
+"""Pickling of functions and arguments with cloudpickle, shipping the user's own modules by value.
+
+Functions and classes from installed packages (and the standard library) travel by reference and
+are imported by the worker; those from the user's own modules (files outside the interpreter's
+prefix and site-packages) travel by value, so a worker that cannot import them still runs them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import pickle
+import site
+import sys
+import sysconfig
+import threading
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import cloudpickle
+
+from .errors import SerializationError
+
+_INSTALLED_ROOTS = tuple(
+    {
+        str(Path(p).resolve())
+        for p in [
+            sys.prefix,
+            sys.base_prefix,
+            sys.exec_prefix,
+            *site.getsitepackages(),
+            site.getusersitepackages(),
+            *(sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")),
+        ]
+    }
+)
+_lock = threading.Lock()
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_users_own_file(path: str) -> bool:
+    return not str(Path(path).resolve()).startswith(_INSTALLED_ROOTS)
+
+
+def _is_users_own(module) -> bool:
+    path = getattr(module, "__file__", None)
+    if not path or module.__name__.split(".")[0] in ("cloudbutton", "cloudpickle"):
+        return False
+    return _is_users_own_file(path)
+
+
+def by_value_modules(include: Iterable[str] | None = None, exclude: Iterable[str] | None = None) -> list[str]:
+    """Names of the loaded top-level modules to ship by value: the user's own, plus ``include``, minus ``exclude``."""
+    names = {
+        name
+        for name, module in list(sys.modules.items())
+        if module is not None and "." not in name and name != "__main__" and _is_users_own(module)
+    }
+    names |= set(include or ())
+    excluded = set(exclude or ())
+    return sorted(n for n in names if n not in excluded and n.split(".")[0] not in excluded)
+
+
+@contextlib.contextmanager
+def _shipping_by_value(module_names: list[str]) -> Iterator[None]:
+    with _lock:
+        registered = []
+        for name in module_names:
+            module = sys.modules.get(name)
+            if module is None:
+                raise SerializationError(f"include_modules names {name!r}, which is not imported")
+            try:
+                cloudpickle.register_pickle_by_value(module)
+            except ValueError:
+                continue  # already registered by the user
+            registered.append(module)
+        try:
+            yield
+        finally:
+            for module in registered:
+                cloudpickle.unregister_pickle_by_value(module)
+
+
+def dumps_function(func, module_names: list[str]) -> bytes:
+    with _shipping_by_value(module_names):
+        try:
+            return cloudpickle.dumps(func)
+        except Exception as e:
+            name = getattr(func, "__qualname__", repr(func))
+            raise SerializationError(f"cannot pickle function {name}: {e}") from e
+
+
+def dumps_arguments(items: list, module_names: list[str], what: str) -> list[bytes]:
+    """Pickle each item separately; ``what`` names them in an error (e.g. ``"argument of call"``)."""
+    out = []
+    with _shipping_by_value(module_names):
+        for i, item in enumerate(items):
+            try:
+                out.append(cloudpickle.dumps(item))
+            except Exception as e:
+                raise SerializationError(f"cannot pickle the {what} {i:05d}: {e}") from e
+    return out
+
+
+def dumps(obj) -> bytes:
+    return cloudpickle.dumps(obj)
+
+
+loads = pickle.loads

@@ -1,0 +1,160 @@
+"""The one worker runtime: unpack a call, run the user's function, capture its result or
+exception and its stats. Every backend runs calls through ``Runtime.run_call``; the ``local``
+backend's worker processes run ``main()`` (``python -m cloudbutton.worker FD``)."""
+
+from __future__ import annotations
+
+import collections
+import os
+import pickle
+import resource
+import signal
+import sys
+import threading
+import time
+import traceback
+from typing import Any
+
+from . import serialize
+from .job import JobSpec
+
+_MB = 2**20
+
+
+class Runtime:
+    """Runs calls in this process; caches each job's function so it is unpickled once."""
+
+    def __init__(self, worker_id: str, enforce_memory: bool = False):
+        self.worker_id = worker_id
+        self.enforce_memory = enforce_memory
+        self.calls_run = 0
+        self._functions: collections.OrderedDict[str, Any] = collections.OrderedDict()
+
+    def function(self, job: JobSpec):
+        func = self._functions.get(job.function_key)
+        if func is None:
+            if job.function_bytes is None:
+                raise RuntimeError(f"worker {self.worker_id} was sent job {job.key} without its function")
+            func = serialize.loads(job.function_bytes)
+            self._functions[job.function_key] = func
+            if len(self._functions) > 64:
+                self._functions.popitem(last=False)
+        return func
+
+    def run_call(self, job: JobSpec, index: int, args_bytes: bytes) -> tuple[int, bool, bytes, dict]:
+        """Run one call; returns ``(index, ok, payload, stats)`` where payload is the pickled result,
+        or, when not ok, the pickled ``(exception or None, type name, message, traceback)``."""
+        stats: dict[str, Any] = {
+            "worker_id": self.worker_id,
+            "cold_start": self.calls_run == 0,
+            "args_bytes": len(args_bytes),
+            "started": time.time(),
+        }
+        self.calls_run += 1
+        if job.sys_path is not None and sys.path != list(job.sys_path):
+            sys.path[:] = job.sys_path
+        if job.cwd is not None and job.cwd != os.getcwd():
+            os.chdir(job.cwd)
+        saved_env = _apply_env(job.extra_env)
+        memory_limited = self.enforce_memory and job.runtime_memory is not None
+        try:
+            if memory_limited:
+                _limit_memory(job.runtime_memory)
+            func = self.function(job)
+            args, kwargs = serialize.loads(args_bytes)
+            result = func(*args, **kwargs)
+            payload, ok = serialize.dumps(result), True
+        except BaseException as e:  # noqa: BLE001 - everything a call raises goes back to the caller
+            payload, ok = _pack_exception(e), False
+            if memory_limited and isinstance(e, MemoryError):
+                stats["memory_exceeded"] = True
+        finally:
+            if memory_limited:
+                _limit_memory(None)
+            _apply_env(saved_env)
+        stats["finished"] = time.time()
+        stats["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        stats["result_bytes"] = len(payload) if ok else 0
+        return index, ok, payload, stats
+
+
+def _pack_exception(exc: BaseException) -> bytes:
+    tb = traceback.format_exception(type(exc), exc, exc.__traceback__.tb_next if exc.__traceback__ else None)
+    try:
+        exc_bytes = serialize.dumps(exc)
+        pickle.loads(exc_bytes)  # some exceptions pickle but cannot be rebuilt; send those as text
+    except Exception:
+        exc_bytes = None
+    name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    return pickle.dumps((exc_bytes, name, str(exc), "".join(tb)))
+
+
+def _apply_env(env):
+    """Set ``env`` (None values unset a variable); return what restores the previous values."""
+    if not env:
+        return None
+    saved = {k: os.environ.get(k) for k in env}
+    for key, value in env.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = str(value)
+    return saved
+
+
+def _address_space() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _limit_memory(mb: int | None) -> None:
+    """Bound the address space to what the idle worker uses plus ``mb`` (None lifts the bound)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    soft = hard if mb is None else _address_space() + mb * _MB
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+_process_runtime: Runtime | None = None
+
+
+def run_batch(job: JobSpec, calls: list[tuple[int, bytes]], worker_id: str = "") -> list:
+    """Run a batch in this process and return the results: the entry point for engines such as
+    Dask that call a function and take its return value."""
+    global _process_runtime
+    if _process_runtime is None:
+        _process_runtime = Runtime(worker_id or f"{os.uname().nodename}:{os.getpid()}")
+    return [_process_runtime.run_call(job, index, args) for index, args in calls]
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Workers must not outlive the interpreter that started them, even if it was killed."""
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent_pid:
+            os._exit(0)
+
+
+def main(fd: int, parent_pid: int) -> None:
+    from multiprocessing.connection import Connection
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle
+    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
+    conn = Connection(fd)
+    runtime = Runtime(f"local:{os.getpid()}", enforce_memory=True)
+    while True:
+        try:
+            message = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        job, calls = pickle.loads(message)
+        if job is None:
+            return
+        for index, args in calls:
+            result = runtime.run_call(job, index, args)
+            conn.send_bytes(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), int(sys.argv[2]))
