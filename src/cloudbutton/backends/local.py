@@ -157,6 +157,26 @@ class WorkerPool:
                     pass  # it died; its EOF is handled by the loop and the batch goes to another
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as e:  # a bug here must fail the calls, not leave callers waiting forever
+            self._fail_everything(e)
+            raise
+
+    def _fail_everything(self, cause: BaseException) -> None:
+        with _pools_lock:
+            if _pools.get(self.size) is self:
+                del _pools[self.size]
+        lost = [(q.job, index, q.sink) for q in self._queue for index, _ in q.calls]
+        for w in self._workers:
+            if w.batch is not None:
+                lost += [(w.batch.job, index, w.batch.sink) for index, _ in w.batch.calls[w.batch.done :]]
+            w.proc.kill()
+        for job, index, sink in lost:
+            name = job.call_name(index)
+            sink.on_lost(job, index, WorkerLostError(f"call {name} was lost: the local worker pool failed ({cause!r})", name))
+
+    def _loop(self) -> None:
         while not self._closed:
             self._dispatch()
             timeout = self._until_next_deadline()
@@ -170,7 +190,7 @@ class WorkerPool:
 
     def _receive(self, w: _Worker) -> None:
         try:
-            while w.conn.poll():
+            while w in self._workers and w.conn.poll():
                 self._deliver(w, pickle.loads(w.conn.recv_bytes()))
         except (EOFError, OSError):
             if not self._closed:
