@@ -41,6 +41,15 @@ class Config:
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False, repr=False)
     """Where each value came from (not a setting)."""
 
+    def with_overrides(self, source: str = "argument", **changes: Any) -> Config:
+        """A copy with ``changes`` (None values ignored) checked like any other layer."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if not changes:
+            return self
+        _check_keys(changes, source)
+        checked = {k: _convert(k, v, source) for k, v in changes.items()}
+        return dataclasses.replace(self, **checked, sources={**self.sources, **dict.fromkeys(checked, source)})
+
     def show(self) -> str:
         """The resolved settings, one per line, with where each came from."""
         lines = []

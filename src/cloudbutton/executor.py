@@ -26,7 +26,8 @@ class _JobRun:
     """Receives the outcomes of one job's calls from the backend and settles their futures."""
 
     def __init__(self, executor: FunctionExecutor, futures: list[ResponseFuture], args: list[bytes], retries: int):
-        self.executor, self.futures, self.args, self.retries = executor, futures, args, retries
+        self.executor, self.futures, self.retries = executor, futures, retries
+        self.args: list[bytes] | None = args if retries else None  # kept only to run lost calls again
         self._lock = threading.Lock()
 
     def on_result(self, job: JobSpec, result: tuple[int, bool, bytes, dict]) -> None:
@@ -41,7 +42,8 @@ class _JobRun:
             else:
                 future.set_exception(_remote_exception(job, index, payload, stats))
         except Exception as e:  # the result cannot be unpickled here
-            future.set_exception(RemoteError(f"the result of call {job.call_name(index)} cannot be loaded: {e!r}", job.call_name(index)))
+            name = job.call_name(index)
+            future.set_exception(RemoteError(f"the result of call {name} cannot be loaded: {e!r}", name))
 
     def on_lost(self, job: JobSpec, index: int, error: CallError) -> None:
         future = self.futures[index]
@@ -99,10 +101,14 @@ class FunctionExecutor:
 
     # --- submitting -------------------------------------------------------------------------
 
-    def call_async(self, func, data, extra_env=None, timeout=None, include_modules=None, exclude_modules=None) -> ResponseFuture:
+    def call_async(
+        self, func, data, extra_env=None, timeout=None, include_modules=None, exclude_modules=None
+    ) -> ResponseFuture:
         """Run ``func`` once with ``data`` (one iterdata item) and return its future."""
-        return self.map(func, [data], extra_env=extra_env, timeout=timeout, include_modules=include_modules,
-                        exclude_modules=exclude_modules)[0]
+        return self.map(
+            func, [data], extra_env=extra_env, timeout=timeout, include_modules=include_modules,
+            exclude_modules=exclude_modules,
+        )[0]
 
     def map(
         self,
@@ -125,8 +131,9 @@ class FunctionExecutor:
             raise RuntimeError("cannot schedule new calls after the executor was shut down")
         if not callable(map_function):
             raise TypeError(f"map_function must be callable, not {type(map_function).__name__}")
-        overrides = dict(runtime_memory=runtime_memory, timeout=timeout, chunksize=chunksize, retries=retries)
-        settings = resolve_config(self.config, **overrides) if any(v is not None for v in overrides.values()) else self.config
+        settings = self.config.with_overrides(
+            "map argument", runtime_memory=runtime_memory, timeout=timeout, chunksize=chunksize, retries=retries
+        )
         calls = plan_calls(map_iterdata, extra_args)
         modules = serialize.by_value_modules(include_modules, exclude_modules)
         function_bytes = serialize.dumps_function(map_function, modules)

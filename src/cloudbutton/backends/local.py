@@ -23,7 +23,7 @@ import time
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
-from ..errors import CallTimeoutError, WorkerLostError
+from ..errors import BackendError, CallTimeoutError, WorkerLostError
 from ..job import JobSpec, next_batch_size
 from . import Backend, ResultSink
 
@@ -62,6 +62,7 @@ class _Worker:
         self.known_functions: set[str] = set()
         self.batch: _Batch | None = None
         self.retiring = False  # replace it once its batch is done (it hit a memory limit)
+        self.delivered = False
 
     def send(self, batch: _Batch) -> None:
         job = batch.job
@@ -92,6 +93,7 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
         self._closed = False
+        self._idle_deaths = 0
         self._workers = [_Worker() for _ in range(size)]
         self._thread = threading.Thread(target=self._run, name="cloudbutton-local-pool", daemon=True)
         self._thread.start()
@@ -174,7 +176,8 @@ class WorkerPool:
             w.proc.kill()
         for job, index, sink in lost:
             name = job.call_name(index)
-            sink.on_lost(job, index, WorkerLostError(f"call {name} was lost: the local worker pool failed ({cause!r})", name))
+            error = WorkerLostError(f"call {name} was lost: the local worker pool failed: {cause}", name)
+            sink.on_lost(job, index, error)
 
     def _loop(self) -> None:
         while not self._closed:
@@ -198,6 +201,8 @@ class WorkerPool:
                     f"worker {w.proc.pid} running call {name} was lost: {w.exit_reason()}", name))
 
     def _deliver(self, w: _Worker, result) -> None:
+        w.delivered = True
+        self._idle_deaths = 0
         batch = w.batch
         batch.done += 1
         batch.call_started = time.monotonic()
@@ -251,8 +256,12 @@ class WorkerPool:
         if w.proc.poll() is None:
             w.proc.kill()
         w.proc.wait()
-        self._workers[self._workers.index(w)] = _Worker()
         batch = w.batch
+        if batch is None and not w.delivered:
+            self._idle_deaths += 1
+            if self._idle_deaths > 3 * self.size:  # workers die as they start: the environment is broken
+                raise BackendError(f"local worker processes exit as soon as they start (last one {w.exit_reason()})")
+        self._workers[self._workers.index(w)] = _Worker()
         if batch is None:
             return
         index, _ = batch.calls[batch.done]
