@@ -80,6 +80,8 @@ def wait(
         deadline = None if timeout is None else time.monotonic() + timeout
         bar = _ProgressBar(len(fs)) if _progress_wanted(show_progressbar) and fs else None
         pending = [f for f in fs if not f.done()]
+        if return_when == ANY_COMPLETED and len(pending) < len(fs):
+            pending = []
         while pending:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             step = left if bar is None else min(0.25, left if left is not None else 0.25)

@@ -56,7 +56,7 @@ class Backend(abc.ABC):
         """Queue ``calls`` (index, pickled arguments) of ``job`` and return at once; every call must
         later reach ``sink.on_result`` or ``sink.on_lost`` exactly once."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional for backends that start nothing
         """Stop what this backend started."""
 
 
@@ -75,6 +75,8 @@ def get_backend_class(name: str) -> type[Backend]:
         try:
             module = importlib.import_module(module_name)
         except ImportError as e:
+            if (e.name or "").startswith("cloudbutton"):
+                raise
             raise BackendError(
                 f"backend {name!r} needs a package that is not installed ({e.name}); "
                 f"install it with: pip install 'cloudbutton[{name}]'"

@@ -92,6 +92,7 @@ class WorkerPool:
         self._queue: collections.deque[_Queued] = collections.deque()
         self._lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
         self._closed = False
         self._idle_deaths = 0
         self._workers = [_Worker() for _ in range(size)]
@@ -101,7 +102,13 @@ class WorkerPool:
     def submit(self, job: JobSpec, calls, sink: ResultSink) -> None:
         with self._lock:
             self._queue.append(_Queued(job, collections.deque(calls), sink))
-        os.write(self._wake_w, b"x")
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass  # the pipe is full: the dispatcher has wake-ups pending already
 
     def cancel(self, job_keys: set[str]) -> list[tuple[JobSpec, int]]:
         """Drop the queued (not yet running) calls of these jobs; return them."""
@@ -117,7 +124,7 @@ class WorkerPool:
 
     def close(self) -> None:
         self._closed = True
-        os.write(self._wake_w, b"x")
+        self._wake()
         for w in self._workers:
             try:
                 w.conn.send_bytes(pickle.dumps((None, None)))
