@@ -150,7 +150,8 @@ class FunctionExecutor:
             cwd=os.getcwd(),
             chunksize=settings.chunksize,
         )
-        futures = [ResponseFuture(job.key, i, job.function_name) for i in range(len(calls))]
+        condition, submitted = threading.Condition(), time.time()
+        futures = [ResponseFuture(job.key, i, job.function_name, condition, submitted) for i in range(len(calls))]
         if futures:
             self.backend.submit(job, list(enumerate(args)), _JobRun(self, futures, args, settings.retries))
         self.futures += futures

@@ -7,7 +7,9 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import concurrent.futures._base as cf_base
 import sys
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -19,16 +21,38 @@ ANY_COMPLETED = FIRST_COMPLETED = cf.FIRST_COMPLETED
 ALWAYS = "ALWAYS"  # check once and return at once
 
 
-class ResponseFuture(cf.Future):
-    """The future result of one call; ``stats`` holds its timestamps and measurements."""
+_DONE_STATES = (cf_base.CANCELLED, cf_base.CANCELLED_AND_NOTIFIED, cf_base.FINISHED)
 
-    def __init__(self, job_key: str, call_index: int, function_name: str):
-        super().__init__()
+
+class ResponseFuture(cf.Future):
+    """The future result of one call; ``stats`` holds its timestamps and measurements.
+
+    The futures of one job share one ``threading.Condition`` (creating one per future costs more
+    than the rest of a call's overhead), so ``result``/``exception`` wait for their own state."""
+
+    def __init__(self, job_key: str, call_index: int, function_name: str, condition=None, submitted=None):
+        self._condition = condition or threading.Condition()
+        self._state = cf_base.PENDING
+        self._result = self._exception = None
+        self._waiters: list = []
+        self._done_callbacks: list = []
         self.job_key = job_key
         self.call_index = call_index
         self.function_name = function_name
         self.attempts = 1
-        self.stats: dict[str, Any] = {"submitted": time.time()}
+        self.stats: dict[str, Any] = {"submitted": submitted or time.time()}
+
+    def _wait_done(self, timeout: float | None) -> None:
+        with self._condition:
+            self._condition.wait_for(lambda: self._state in _DONE_STATES, timeout)
+
+    def result(self, timeout: float | None = None) -> Any:
+        self._wait_done(timeout)
+        return super().result(0)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        self._wait_done(timeout)
+        return super().exception(0)
 
     @property
     def call_id(self) -> str:

@@ -90,19 +90,32 @@ def dumps_function(func, module_names: list[str]) -> bytes:
             raise SerializationError(f"cannot pickle function {name}: {e}") from e
 
 
-def dumps_arguments(items: list, module_names: list[str], what: str) -> list[bytes]:
-    """Pickle each item separately; ``what`` names them in an error (e.g. ``"argument of call"``)."""
+_SCALARS = frozenset({int, float, str, bytes, bool, type(None)})
+
+
+def _plain(args: tuple, kwargs: dict) -> bool:
+    """Whether plain pickle is enough (and 10x faster than cloudpickle) for these arguments."""
+    return all(type(a) in _SCALARS for a in args) and all(type(v) in _SCALARS for v in kwargs.values())
+
+
+def dumps_arguments(calls: list[tuple[tuple, dict]], module_names: list[str], what: str) -> list[bytes]:
+    """Pickle each call's ``(args, kwargs)`` separately; ``what`` names them in an error."""
     out = []
     with _shipping_by_value(module_names):
-        for i, item in enumerate(items):
+        for i, (args, kwargs) in enumerate(calls):
             try:
-                out.append(cloudpickle.dumps(item))
+                if _plain(args, kwargs):
+                    out.append(pickle.dumps((args, kwargs), protocol=pickle.HIGHEST_PROTOCOL))
+                else:
+                    out.append(cloudpickle.dumps((args, kwargs)))
             except Exception as e:
                 raise SerializationError(f"cannot pickle the {what} {i:05d}: {e}") from e
     return out
 
 
 def dumps(obj) -> bytes:
+    if type(obj) in _SCALARS:
+        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     return cloudpickle.dumps(obj)
 
 

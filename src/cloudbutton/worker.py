@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Iterator
 from typing import Any
 
 from . import serialize
@@ -41,6 +42,15 @@ class Runtime:
                 self._functions.popitem(last=False)
         return func
 
+    def run_batch(self, job: JobSpec, calls: list[tuple[int, bytes]]) -> Iterator[tuple[int, bool, bytes, dict]]:
+        """Run calls of one job in turn, yielding each result as soon as it is ready."""
+        if job.sys_path is not None and sys.path != list(job.sys_path):
+            sys.path[:] = job.sys_path
+        if job.cwd is not None and job.cwd != os.getcwd():
+            os.chdir(job.cwd)
+        for index, args_bytes in calls:
+            yield self.run_call(job, index, args_bytes)
+
     def run_call(self, job: JobSpec, index: int, args_bytes: bytes) -> tuple[int, bool, bytes, dict]:
         """Run one call; returns ``(index, ok, payload, stats)`` where payload is the pickled result,
         or, when not ok, the pickled ``(exception or None, type name, message, traceback)``."""
@@ -51,10 +61,6 @@ class Runtime:
             "started": time.time(),
         }
         self.calls_run += 1
-        if job.sys_path is not None and sys.path != list(job.sys_path):
-            sys.path[:] = job.sys_path
-        if job.cwd is not None and job.cwd != os.getcwd():
-            os.chdir(job.cwd)
         saved_env = _apply_env(job.extra_env)
         memory_limited = self.enforce_memory and job.runtime_memory is not None
         try:
@@ -125,7 +131,7 @@ def run_batch(job: JobSpec, calls: list[tuple[int, bytes]], worker_id: str = "")
     global _process_runtime
     if _process_runtime is None:
         _process_runtime = Runtime(worker_id or f"{os.uname().nodename}:{os.getpid()}")
-    return [_process_runtime.run_call(job, index, args) for index, args in calls]
+    return list(_process_runtime.run_batch(job, calls))
 
 
 def _exit_with_parent(parent_pid: int) -> None:
@@ -151,8 +157,7 @@ def main(fd: int, parent_pid: int) -> None:
         job, calls = pickle.loads(message)
         if job is None:
             return
-        for index, args in calls:
-            result = runtime.run_call(job, index, args)
+        for result in runtime.run_batch(job, calls):
             conn.send_bytes(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
 
 

@@ -16,6 +16,7 @@ import os
 import pickle
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -58,7 +59,9 @@ class _Worker:
             env=env,
         )
         child_end.close()
-        self.conn = Connection(parent_end.detach())
+        self.sock = parent_end
+        self.conn = Connection(os.dup(parent_end.fileno()))  # for sending; receiving reads self.sock
+        self._inbox = bytearray()
         self.known_functions: set[str] = set()
         self.batch: _Batch | None = None
         self.retiring = False  # replace it once its batch is done (it hit a memory limit)
@@ -72,6 +75,38 @@ class _Worker:
         self.batch = batch
         batch.call_started = time.monotonic()
         self.conn.send_bytes(pickle.dumps((job, batch.calls), protocol=pickle.HIGHEST_PROTOCOL))
+
+    def receive(self) -> tuple[list[bytes], bool]:
+        """The messages that have arrived in full, and whether the worker has closed its end.
+
+        Reads everything available at once (``Connection.recv_bytes`` would take two system calls
+        per message, and workers send one message per call)."""
+        eof = False
+        try:
+            chunk = self.sock.recv(1 << 20, socket.MSG_DONTWAIT)
+            eof = not chunk
+            self._inbox += chunk
+        except BlockingIOError:
+            pass
+        except OSError:
+            eof = True
+        messages, buf, pos = [], self._inbox, 0
+        while len(buf) - pos >= 4:  # the framing of Connection.send_bytes
+            (size,), head = struct.unpack_from("!i", buf, pos), 4
+            if size == -1:
+                if len(buf) - pos < 12:
+                    break
+                (size,), head = struct.unpack_from("!Q", buf, pos + 4), 12
+            if len(buf) - pos - head < size:
+                break
+            messages.append(bytes(buf[pos + head : pos + head + size]))
+            pos += head + size
+        del buf[:pos]
+        return messages, eof
+
+    def close(self) -> None:
+        self.conn.close()
+        self.sock.close()
 
     def exit_reason(self) -> str:
         try:
@@ -137,7 +172,7 @@ class WorkerPool:
             except subprocess.TimeoutExpired:
                 w.proc.kill()
                 w.proc.wait()
-            w.conn.close()
+            w.close()
 
     # --- the dispatcher thread -------------------------------------------------------------
 
@@ -190,22 +225,21 @@ class WorkerPool:
         while not self._closed:
             self._dispatch()
             timeout = self._until_next_deadline()
-            ready = wait([w.conn for w in self._workers] + [self._wake_r], timeout)
+            ready = wait([w.sock for w in self._workers] + [self._wake_r], timeout)
             if self._wake_r in ready:
                 os.read(self._wake_r, 4096)
             for w in list(self._workers):
-                if w.conn in ready:
-                    self._receive(w)
+                if w.sock in ready and self._receive(w) and not self._closed and w in self._workers:
+                    self._replace(w, lambda name, _, w=w: WorkerLostError(
+                        f"worker {w.proc.pid} running call {name} was lost: {w.exit_reason()}", name))
             self._enforce_timeouts()
 
-    def _receive(self, w: _Worker) -> None:
-        try:
-            while w in self._workers and w.conn.poll():
-                self._deliver(w, pickle.loads(w.conn.recv_bytes()))
-        except (EOFError, OSError):
-            if not self._closed:
-                self._replace(w, lambda name, _: WorkerLostError(
-                    f"worker {w.proc.pid} running call {name} was lost: {w.exit_reason()}", name))
+    def _receive(self, w: _Worker) -> bool:
+        """Deliver what ``w`` sent; return whether it has closed its end (died)."""
+        messages, eof = w.receive()
+        for message in messages:
+            self._deliver(w, pickle.loads(message))
+        return eof
 
     def _deliver(self, w: _Worker, result) -> None:
         w.delivered = True
@@ -225,7 +259,7 @@ class WorkerPool:
             w.conn.send_bytes(pickle.dumps((None, None)))
         except OSError:
             pass
-        w.conn.close()
+        w.close()
         self._workers[self._workers.index(w)] = _Worker()
         try:
             w.proc.wait(timeout=5)
@@ -248,10 +282,7 @@ class WorkerPool:
             if b is not None and b.job.timeout is not None and now >= b.call_started + b.job.timeout:
                 w.proc.kill()
                 w.proc.wait()
-                try:  # deliver what it finished before it was stopped
-                    while w.batch is b and w.conn.poll():
-                        self._deliver(w, pickle.loads(w.conn.recv_bytes()))
-                except (EOFError, OSError):
+                while w.batch is b and not self._receive(w):  # deliver what it finished before it was stopped
                     pass
                 if w.batch is b:
                     self._replace(w, lambda name, job: CallTimeoutError(
@@ -259,7 +290,7 @@ class WorkerPool:
 
     def _replace(self, w: _Worker, error_for) -> None:
         """Report the running call of a dead worker, requeue the rest of its batch, start another."""
-        w.conn.close()
+        w.close()
         if w.proc.poll() is None:
             w.proc.kill()
         w.proc.wait()
