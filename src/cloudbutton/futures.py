@@ -103,7 +103,7 @@ def wait(
     if return_when != ALWAYS:
         deadline = None if timeout is None else time.monotonic() + timeout
         bar = _ProgressBar(len(fs)) if _progress_wanted(show_progressbar) and fs else None
-        pending = [f for f in fs if not f.done()]
+        pending = [f for f in fs if f._state not in _DONE_STATES]  # done futures never change: no lock
         if return_when == ANY_COMPLETED and len(pending) < len(fs):
             pending = []
         while pending:
@@ -119,12 +119,13 @@ def wait(
                 break
         if bar:
             bar.update(sum(f.done() for f in fs), final=True)
-    done = [f for f in fs if f.done()]
-    not_done = [f for f in fs if not f.done()]
+    done, not_done = [], []
+    for f in fs:
+        (done if f._state in _DONE_STATES else not_done).append(f)
     if throw_except:
         for f in done:
-            if not f.cancelled() and f.exception() is not None:
-                raise f.exception()
+            if f._state == cf_base.FINISHED and f._exception is not None:
+                raise f._exception
     return done, not_done
 
 
@@ -147,6 +148,8 @@ def get_result(
 
 
 def _outcome(f: cf.Future, throw_except: bool) -> Any:
+    if f._state == cf_base.FINISHED:  # final: read without the lock
+        return f._result if f._exception is None else f._exception
     if f.cancelled():
         error = cf.CancelledError(f"{_name(f)} was cancelled")
         if throw_except:

@@ -26,11 +26,16 @@ class JobSpec:
         return f"{self.key}/{index:05d} ({self.function_name})"
 
 
+_SCALARS = frozenset({int, float, complex, str, bytes, bool, type(None)})
+
+
 def call_arguments(item: Any, extra_args: Any = None) -> tuple[tuple, dict]:
     """One iterdata item as (args, kwargs): a dict is keyword arguments, a tuple/list positional
     arguments, anything else the single argument; ``extra_args`` is appended (a tuple/list) or
     merged (a dict)."""
-    if isinstance(item, Mapping):
+    if type(item) in _SCALARS:  # the common case, without the slow abstract-class check of Mapping
+        args, kwargs = (item,), {}
+    elif isinstance(item, Mapping):
         args, kwargs = (), dict(item)
     elif isinstance(item, (tuple, list)):
         args, kwargs = tuple(item), {}
