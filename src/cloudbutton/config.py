@@ -116,16 +116,17 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(f)
     except FileNotFoundError:
         return {}
-    except (tomllib.TOMLDecodeError, OSError) as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as e:
         raise ConfigError(f"cannot read config file {path}: {e}") from None
 
 
 def user_config_path() -> Path:
-    return Path(os.environ.get("XDG_CONFIG_HOME", Path.home() / ".config")) / "cloudbutton" / "config.toml"
+    return Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "cloudbutton" / "config.toml"
 
 
 def resolve_config(config: Config | Mapping[str, Any] | None = None, **overrides: Any) -> Config:
     """Resolve the layers into one Config; ``config`` and ``overrides`` are the highest layer."""
+    _check_keys(overrides, "keyword argument")
     if isinstance(config, Config):
         config = {k: getattr(config, k) for k in config_keys()}
     layers: list[tuple[str, Mapping[str, Any]]] = [

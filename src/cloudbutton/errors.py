@@ -28,6 +28,9 @@ class CallError(CloudbuttonError):
         super().__init__(message)
         self.call = call
 
+    def __reduce__(self):
+        return type(self), (str(self), self.call), self.__dict__
+
 
 class WorkerLostError(CallError):
     """The worker running a call died (crash, ``os._exit``, kill -9, segfault)."""

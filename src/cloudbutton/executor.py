@@ -79,6 +79,20 @@ def _remote_exception(job: JobSpec, index: int, payload: bytes, stats: dict) -> 
     return exc
 
 
+def _checked_env(extra_env) -> dict[str, str] | None:
+    """``extra_env`` with its values as text; refuse at submit time what ``os.environ`` would refuse."""
+    if not extra_env:
+        return None
+    env = {}
+    for key, value in extra_env.items():
+        if not isinstance(key, str) or not key or "=" in key or "\0" in key:
+            raise ValueError(f"extra_env: {key!r} is not a valid environment variable name")
+        if value is None or "\0" in str(value):
+            raise ValueError(f"extra_env: the value of {key} must be text without NUL characters, not {value!r}")
+        env[key] = str(value)
+    return env
+
+
 _executor_ids = itertools.count()
 
 
@@ -134,6 +148,7 @@ class FunctionExecutor:
         settings = self.config.with_overrides(
             "map argument", runtime_memory=runtime_memory, timeout=timeout, chunksize=chunksize, retries=retries
         )
+        extra_env = _checked_env(extra_env)
         calls = plan_calls(map_iterdata, extra_args)
         modules = serialize.by_value_modules(include_modules, exclude_modules)
         function_bytes = serialize.dumps_function(map_function, modules)
@@ -143,7 +158,7 @@ class FunctionExecutor:
             function_name=getattr(map_function, "__qualname__", type(map_function).__name__),
             function_key=hashlib.blake2b(function_bytes, digest_size=16).hexdigest(),
             function_bytes=function_bytes,
-            extra_env=dict(extra_env) if extra_env else None,
+            extra_env=extra_env,
             timeout=settings.timeout,
             runtime_memory=settings.runtime_memory,
             sys_path=tuple(sys.path),

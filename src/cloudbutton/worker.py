@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from . import serialize
+from .errors import SerializationError
 from .job import JobSpec
 
 _MB = 2**20
@@ -29,6 +30,7 @@ class Runtime:
         self.worker_id = worker_id
         self.enforce_memory = enforce_memory
         self.calls_run = 0
+        self._cwd: str | None = None  # the directory last changed to (os.getcwd fails once it is deleted)
         self._functions: collections.OrderedDict[str, Any] = collections.OrderedDict()
 
     def function(self, job: JobSpec):
@@ -44,10 +46,17 @@ class Runtime:
 
     def run_batch(self, job: JobSpec, calls: list[tuple[int, bytes]]) -> Iterator[tuple[int, bool, bytes, dict]]:
         """Run calls of one job in turn, yielding each result as soon as it is ready."""
-        if job.sys_path is not None and sys.path != list(job.sys_path):
-            sys.path[:] = job.sys_path
-        if job.cwd is not None and job.cwd != os.getcwd():
-            os.chdir(job.cwd)
+        try:
+            if job.sys_path is not None and sys.path != list(job.sys_path):
+                sys.path[:] = job.sys_path
+            if job.cwd is not None and job.cwd != self._cwd:
+                os.chdir(job.cwd)
+                self._cwd = job.cwd
+        except OSError as e:  # e.g. the caller's working directory is gone: every call reports it
+            failure = _pack_exception(e)
+            for index, args_bytes in calls:
+                yield index, False, failure, {"worker_id": self.worker_id, "args_bytes": len(args_bytes)}
+            return
         for index, args_bytes in calls:
             yield self.run_call(job, index, args_bytes)
 
@@ -61,15 +70,16 @@ class Runtime:
             "started": time.time(),
         }
         self.calls_run += 1
-        saved_env = _apply_env(job.extra_env)
+        saved_env = None
         memory_limited = self.enforce_memory and job.runtime_memory is not None
         try:
+            saved_env = _apply_env(job.extra_env)
             if memory_limited:
                 _limit_memory(job.runtime_memory)
             func = self.function(job)
             args, kwargs = serialize.loads(args_bytes)
             result = func(*args, **kwargs)
-            payload, ok = serialize.dumps(result), True
+            payload, ok = _dumps_result(job, index, result), True
         except BaseException as e:  # noqa: BLE001 - everything a call raises goes back to the caller
             payload, ok = _pack_exception(e), False
             if memory_limited and isinstance(e, MemoryError):
@@ -84,15 +94,27 @@ class Runtime:
         return index, ok, payload, stats
 
 
+def _dumps_result(job: JobSpec, index: int, result: Any) -> bytes:
+    try:
+        return serialize.dumps(result)
+    except Exception as e:
+        name = job.call_name(index)
+        raise SerializationError(f"the result of call {name} ({type(result).__name__}) cannot be pickled: {e}") from e
+
+
 def _pack_exception(exc: BaseException) -> bytes:
-    tb = traceback.format_exception(type(exc), exc, exc.__traceback__.tb_next if exc.__traceback__ else None)
+    try:
+        message = str(exc)
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__ and exc.__traceback__.tb_next))
+    except Exception as e:  # an exception whose __str__ fails still goes back
+        message = tb = f"<the exception could not be printed: {e!r}>"
     try:
         exc_bytes = serialize.dumps(exc)
         pickle.loads(exc_bytes)  # some exceptions pickle but cannot be rebuilt; send those as text
     except Exception:
         exc_bytes = None
     name = f"{type(exc).__module__}.{type(exc).__qualname__}"
-    return pickle.dumps((exc_bytes, name, str(exc), "".join(tb)))
+    return pickle.dumps((exc_bytes, name, message, tb))
 
 
 def _apply_env(env):
