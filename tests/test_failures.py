@@ -118,8 +118,9 @@ def test_retries_rerun_a_lost_call_and_deliver_it_once(fexec, tmp_path):
                         retries=2, chunksize=4)
     assert fexec.get_result(futures) == list(range(8))
     assert futures[3].attempts == 3
-    assert len((tmp_path / "runs-3").read_text().splitlines()) == 3
-    assert all(len((tmp_path / f"runs-{i}").read_text().splitlines()) == 1 for i in range(8) if i != 3)
+    assert len((tmp_path / "runs-3").read_text().splitlines()) == 3  # the crashing call is blamed exactly
+    # a call that finished just before its worker died may run again (its result still arrives once)
+    assert all(f.attempts == 1 and (tmp_path / f"runs-{i}").exists() for i, f in enumerate(futures) if i != 3)
 
 
 def test_retries_exhausted_raise_worker_lost(fexec, tmp_path):

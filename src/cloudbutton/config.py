@@ -131,7 +131,7 @@ def resolve_config(config: Config | Mapping[str, Any] | None = None, **overrides
         config = {k: getattr(config, k) for k in config_keys()}
     layers: list[tuple[str, Mapping[str, Any]]] = [
         (str(user_config_path()), _read_toml(user_config_path())),
-        (str(Path.cwd() / "cloudbutton.toml"), _read_toml(Path("cloudbutton.toml"))),
+        (str(Path.cwd() / "cloudbutton.toml"), _read_toml(Path.cwd() / "cloudbutton.toml")),
         ("environment", {k[len(ENV_PREFIX):].lower(): v for k, v in os.environ.items() if k.startswith(ENV_PREFIX)}),
         ("config argument", dict(config or {})),
         ("keyword argument", {k: v for k, v in overrides.items() if v is not None}),

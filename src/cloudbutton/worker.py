@@ -9,11 +9,12 @@ import os
 import pickle
 import resource
 import signal
+import struct
 import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from . import serialize
@@ -44,8 +45,11 @@ class Runtime:
                 self._functions.popitem(last=False)
         return func
 
-    def run_batch(self, job: JobSpec, calls: list[tuple[int, bytes]]) -> Iterator[tuple[int, bool, bytes, dict]]:
-        """Run calls of one job in turn, yielding each result as soon as it is ready."""
+    def run_batch(
+        self, job: JobSpec, calls: list[tuple[int, bytes]], starting: Callable[[int], None] | None = None
+    ) -> Iterator[tuple[int, bool, bytes, dict]]:
+        """Run calls of one job in turn, yielding each result as soon as it is ready; ``starting``
+        is told the position in ``calls`` of each call before it runs."""
         try:
             if job.sys_path is not None and sys.path != list(job.sys_path):
                 sys.path[:] = job.sys_path
@@ -57,7 +61,9 @@ class Runtime:
             for index, args_bytes in calls:
                 yield index, False, failure, {"worker_id": self.worker_id, "args_bytes": len(args_bytes)}
             return
-        for index, args_bytes in calls:
+        for position, (index, args_bytes) in enumerate(calls):
+            if starting is not None:
+                starting(position)
             yield self.run_call(job, index, args_bytes)
 
     def run_call(self, job: JobSpec, index: int, args_bytes: bytes) -> tuple[int, bool, bytes, dict]:
@@ -164,24 +170,88 @@ def _exit_with_parent(parent_pid: int) -> None:
             os._exit(0)
 
 
-def main(fd: int, parent_pid: int) -> None:
+PROGRESS = struct.Struct("qqd")
+"""What a local worker is doing, in memory it shares with the caller: (batch number, position in
+that batch of the call running or the batch's length once it is done, monotonic start time). It
+tells the caller which call to blame if the worker dies and when a call's timeout expires, while
+results travel in groups."""
+
+
+def read_progress(memory) -> tuple[int, int, float]:
+    while True:  # the writer may be midway: read until two reads agree
+        first, second = PROGRESS.unpack_from(memory), PROGRESS.unpack_from(memory)
+        if first == second:
+            return first
+
+
+class _ResultSender:
+    """Sends results in groups: a result waits at most FLUSH_DELAY for others to share its message
+    (one message per quick call would cost more than the call), a batch's last goes at once."""
+
+    FLUSH_DELAY = 0.002
+
+    def __init__(self, conn):
+        self.conn = conn
+        self.lock = threading.Lock()
+        self.pending: list = []
+        self.has_pending = threading.Event()
+        threading.Thread(target=self._flush_soon_forever, daemon=True).start()
+
+    def add(self, result) -> None:
+        with self.lock:
+            self.pending.append(result)
+            if len(self.pending) == 1:
+                self.has_pending.set()
+
+    def flush(self) -> None:
+        with self.lock:
+            self.has_pending.clear()
+            if self.pending:
+                self.conn.send_bytes(pickle.dumps(self.pending, protocol=pickle.HIGHEST_PROTOCOL))
+                self.pending = []
+
+    def _flush_soon_forever(self) -> None:
+        while True:
+            self.has_pending.wait()
+            time.sleep(self.FLUSH_DELAY)
+            try:
+                self.flush()
+            except OSError:
+                os._exit(0)  # the caller is gone
+            except Exception:  # e.g. MemoryError under a call's memory limit: the batch's end flushes
+                pass
+
+
+def main(fd: int, progress_fd: int, parent_pid: int) -> None:
+    import mmap
     from multiprocessing.connection import Connection
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
     conn = Connection(fd)
+    progress = mmap.mmap(progress_fd, PROGRESS.size)
+    sender = _ResultSender(conn)
     runtime = Runtime(f"local:{os.getpid()}", enforce_memory=True)
     while True:
         try:
             message = conn.recv_bytes()
         except (EOFError, OSError):
             return
-        job, calls = pickle.loads(message)
+        number, job, calls = pickle.loads(message)
         if job is None:
             return
-        for result in runtime.run_batch(job, calls):
-            conn.send_bytes(pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+
+        def starting(position: int, number: int = number) -> None:
+            PROGRESS.pack_into(progress, 0, number, position, time.monotonic())
+
+        for result in runtime.run_batch(job, calls, starting):
+            sender.add(result)
+        starting(len(calls))
+        try:
+            sender.flush()
+        except OSError:
+            return
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]))
+    main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import collections
 import dataclasses
+import mmap
 import os
 import pickle
 import signal
@@ -19,6 +20,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from multiprocessing.connection import Connection, wait
@@ -26,6 +28,7 @@ from pathlib import Path
 
 from ..errors import BackendError, CallTimeoutError, WorkerLostError
 from ..job import JobSpec, next_batch_size
+from ..worker import PROGRESS, read_progress
 from . import Backend, ResultSink
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
@@ -43,27 +46,34 @@ class _Batch:
     job: JobSpec
     calls: list
     sink: ResultSink
-    done: int = 0  # results received; calls[done] is the one running
-    call_started: float = 0.0  # monotonic time the running call started (as far as we can tell)
+    done: int = 0  # results received
+    number: int = 0  # per worker, to match the worker's progress record
+    sent: float = 0.0  # monotonic
 
 
 class _Worker:
     def __init__(self):
         parent_end, child_end = socket.socketpair()
+        progress_file = tempfile.TemporaryFile()
+        progress_file.truncate(PROGRESS.size)
+        self.progress = mmap.mmap(progress_file.fileno(), PROGRESS.size)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [_PACKAGE_ROOT, env.get("PYTHONPATH")]))
+        fds = [child_end.fileno(), progress_file.fileno()]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cloudbutton.worker", str(child_end.fileno()), str(os.getpid())],
-            pass_fds=[child_end.fileno()],
+            [sys.executable, "-m", "cloudbutton.worker", *map(str, fds), str(os.getpid())],
+            pass_fds=fds,
             stdin=subprocess.DEVNULL,
             env=env,
         )
         child_end.close()
+        progress_file.close()
         self.sock = parent_end
         self.conn = Connection(os.dup(parent_end.fileno()))  # for sending; receiving reads self.sock
         self._inbox = bytearray()
         self.known_functions: set[str] = set()
         self.batch: _Batch | None = None
+        self.batches_sent = 0
         self.retiring = False  # replace it once its batch is done (it hit a memory limit)
         self.delivered = False
 
@@ -72,9 +82,29 @@ class _Worker:
         if job.function_key in self.known_functions:
             job = dataclasses.replace(job, function_bytes=None)
         self.known_functions.add(job.function_key)
+        self.batches_sent += 1
+        batch.number, batch.sent = self.batches_sent, time.monotonic()
         self.batch = batch
-        batch.call_started = time.monotonic()
-        self.conn.send_bytes(pickle.dumps((job, batch.calls), protocol=pickle.HIGHEST_PROTOCOL))
+        self.conn.send_bytes(pickle.dumps((batch.number, job, batch.calls), protocol=pickle.HIGHEST_PROTOCOL))
+
+    def running(self) -> tuple[int | None, float | None]:
+        """Position in its batch of the call running and when it started: ``(None, sent)`` if the
+        batch has not started, ``(None, None)`` if every call of it ran."""
+        if self.batch is None:
+            return None, None
+        number, position, started = read_progress(self.progress)
+        if number != self.batch.number:
+            return None, self.batch.sent
+        if position >= len(self.batch.calls):
+            return None, None
+        return position, started
+
+    def deadline(self) -> float | None:
+        """When the running call's timeout expires."""
+        if self.batch is None or self.batch.job.timeout is None:
+            return None
+        _, started = self.running()
+        return None if started is None else started + self.batch.job.timeout
 
     def receive(self) -> tuple[list[bytes], bool]:
         """The messages that have arrived in full, and whether the worker has closed its end.
@@ -162,7 +192,7 @@ class WorkerPool:
         self._wake()
         for w in self._workers:
             try:
-                w.conn.send_bytes(pickle.dumps((None, None)))
+                w.conn.send_bytes(pickle.dumps((0, None, None)))
             except OSError:
                 pass
         deadline = time.monotonic() + 2
@@ -238,7 +268,8 @@ class WorkerPool:
         """Deliver what ``w`` sent; return whether it has closed its end (died)."""
         messages, eof = w.receive()
         for message in messages:
-            self._deliver(w, pickle.loads(message))
+            for result in pickle.loads(message):
+                self._deliver(w, result)
         return eof
 
     def _deliver(self, w: _Worker, result) -> None:
@@ -246,7 +277,6 @@ class WorkerPool:
         self._idle_deaths = 0
         batch = w.batch
         batch.done += 1
-        batch.call_started = time.monotonic()
         w.retiring = w.retiring or result[3].get("memory_exceeded", False)
         if batch.done == len(batch.calls):
             w.batch = None
@@ -256,7 +286,7 @@ class WorkerPool:
 
     def _retire(self, w: _Worker) -> None:
         try:
-            w.conn.send_bytes(pickle.dumps((None, None)))
+            w.conn.send_bytes(pickle.dumps((0, None, None)))
         except OSError:
             pass
         w.close()
@@ -268,22 +298,18 @@ class WorkerPool:
             w.proc.wait()
 
     def _until_next_deadline(self) -> float | None:
-        deadlines = [
-            w.batch.call_started + w.batch.job.timeout
-            for w in self._workers
-            if w.batch is not None and w.batch.job.timeout is not None
-        ]
+        deadlines = [d for d in (w.deadline() for w in self._workers) if d is not None]
         return max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
 
     def _enforce_timeouts(self) -> None:
         for w in list(self._workers):
-            b = w.batch
-            if b is None or b.job.timeout is None or time.monotonic() < b.call_started + b.job.timeout:
+            deadline, b = w.deadline(), w.batch
+            if deadline is None or time.monotonic() < deadline:
                 continue
             if self._receive(w):  # it died by itself; the loop replaces it
                 continue
-            if w.batch is not b or time.monotonic() < b.call_started + b.job.timeout:
-                continue  # a result that arrived meanwhile restarted the clock or ended the batch
+            if w.batch is not b:
+                continue  # its batch ended meanwhile
             w.proc.kill()
             w.proc.wait()
             while w.batch is b and not self._receive(w):  # deliver what it finished before it was stopped
@@ -300,6 +326,8 @@ class WorkerPool:
             w.proc.kill()
         w.proc.wait()
         batch = w.batch
+        position, _ = w.running()
+        w.progress.close()
         if batch is None and not w.delivered:
             self._idle_deaths += 1
             if self._idle_deaths > 3 * self.size:  # workers die as they start: the environment is broken
@@ -307,12 +335,16 @@ class WorkerPool:
         self._workers[self._workers.index(w)] = _Worker()
         if batch is None:
             return
-        index, _ = batch.calls[batch.done]
-        rest = batch.calls[batch.done + 1 :]
+        # Calls before the one running may have finished with their results still in the worker:
+        # they run again (their results are delivered once). Calls after it never started.
+        blamed = position is not None and position >= batch.done
+        rest = batch.calls[batch.done : position] + batch.calls[position + 1 :] if blamed else batch.calls[batch.done :]
         if rest:
             with self._lock:
                 self._queue.appendleft(_Queued(batch.job, collections.deque(rest), batch.sink))
-        batch.sink.on_lost(batch.job, index, error_for(batch.job.call_name(index), batch.job))
+        if blamed:
+            index, _ = batch.calls[position]
+            batch.sink.on_lost(batch.job, index, error_for(batch.job.call_name(index), batch.job))
 
 
 _pools: dict[int, WorkerPool] = {}

@@ -1,0 +1,300 @@
+"""Job planning through FunctionExecutor on real local workers: how iterdata items become calls,
+extra_args, extra_env, ordering and batching."""
+
+import collections
+import itertools
+import os
+import shutil
+
+import pytest
+
+from cloudbutton import FunctionExecutor
+
+
+@pytest.fixture(scope="module")
+def fexec(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        for key in list(os.environ):
+            if key.startswith("CLOUDBUTTON_"):
+                mp.delenv(key)
+        mp.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg")))
+        mp.chdir(tmp_path_factory.mktemp("work"))
+        with FunctionExecutor(max_workers=2) as executor:
+            yield executor
+
+
+def echo(*args, **kwargs):
+    return args, kwargs
+
+
+def add(a, b=0, *, c=0):
+    return a + b + c
+
+
+def read_env(name):
+    return os.getpid(), os.environ.get(name)
+
+
+def square_with_pid(x):
+    return x * x, os.getpid()
+
+
+def run(fexec, function, iterdata, **kwargs):
+    return fexec.get_result(fexec.map(function, iterdata, **kwargs), timeout=60)
+
+
+# --- how an item becomes a call -------------------------------------------------------------------
+
+
+def test_a_plain_value_is_the_single_argument(fexec):
+    items = [1, "ab", None, 2.5, b"xy", {1, 2}, frozenset(), range(3)]
+    assert run(fexec, echo, items) == [((item,), {}) for item in items]
+
+
+def test_a_tuple_or_list_is_positional_arguments(fexec):
+    items = [(1, 2), [3, 4], (), [], ([1, 2],), ((1, 2),), (None,)]
+    assert run(fexec, echo, items) == [
+        ((1, 2), {}),
+        ((3, 4), {}),
+        ((), {}),
+        ((), {}),
+        (([1, 2],), {}),
+        (((1, 2),), {}),
+        ((None,), {}),
+    ]
+
+
+def test_a_dict_is_keyword_arguments(fexec):
+    items = [{"a": 1}, {"a": 1, "b": 2, "c": 3}, {}, collections.OrderedDict(a=5)]
+    assert run(fexec, echo, items) == [((), dict(item)) for item in items]
+    assert run(fexec, add, [{"a": 1, "c": 10}, {"b": 2, "a": 3}]) == [11, 5]
+
+
+def test_extra_args_tuple_is_appended(fexec):
+    items = [1, (2, 3), [4], {"k": 5}]
+    assert run(fexec, echo, items, extra_args=(8, 9)) == [
+        ((1, 8, 9), {}),
+        ((2, 3, 8, 9), {}),
+        ((4, 8, 9), {}),
+        ((8, 9), {"k": 5}),
+    ]
+    assert run(fexec, echo, [1], extra_args=[7]) == [((1, 7), {})]
+    assert run(fexec, add, [1, 2], extra_args=(10,)) == [11, 12]
+
+
+def test_extra_args_dict_is_merged_into_kwargs(fexec):
+    items = [1, (2, 3), {"k": 5}]
+    assert run(fexec, echo, items, extra_args={"z": 0}) == [
+        ((1,), {"z": 0}),
+        ((2, 3), {"z": 0}),
+        ((), {"k": 5, "z": 0}),
+    ]
+    assert run(fexec, add, [1, {"a": 2}], extra_args={"c": 100}) == [101, 102]
+
+
+def test_extra_args_of_another_type_is_refused(fexec):
+    with pytest.raises(TypeError, match="extra_args"):
+        fexec.map(echo, [1], extra_args=5)
+    with pytest.raises(TypeError, match="extra_args"):
+        fexec.map(echo, [1], extra_args="ab")
+
+
+def test_wrong_arguments_fail_in_the_call_with_their_own_type(fexec):
+    futures = fexec.map(add, [(1, 2), (1, 2, 3, 4), {"d": 1}])
+    results = fexec.get_result(futures, throw_except=False, timeout=60)
+    assert results[0] == 3
+    assert isinstance(results[1], TypeError) and "positional" in str(results[1])
+    assert isinstance(results[2], TypeError) and "'d'" in str(results[2])
+
+
+# --- what iterdata may be -------------------------------------------------------------------------
+
+
+def test_empty_iterdata_gives_no_futures(fexec):
+    assert fexec.map(echo, []) == []
+    assert fexec.map(echo, iter(())) == []
+    assert fexec.get_result([]) == []
+
+
+def test_a_generator_is_iterdata(fexec):
+    consumed = []
+
+    def gen():
+        for i in range(20):
+            consumed.append(i)
+            yield i
+
+    futures = fexec.map(square_with_pid, gen())
+    assert consumed == list(range(20))
+    assert [r[0] for r in fexec.get_result(futures, timeout=60)] == [i * i for i in range(20)]
+
+
+@pytest.mark.parametrize(
+    "iterdata",
+    [
+        lambda: range(5),
+        lambda: map(int, "01234"),
+        lambda: itertools.islice(itertools.count(), 5),
+        lambda: (i for i in range(5)),
+        lambda: dict.fromkeys(range(5)),
+    ],
+    ids=["range", "map", "islice", "genexp", "dict-keys"],
+)
+def test_any_iterable_is_iterdata(fexec, iterdata):
+    assert run(fexec, add, iterdata(), extra_args=(1,)) == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("iterdata", ["abc", b"abc", 5, None, 2.5])
+def test_a_string_or_a_non_iterable_is_refused(fexec, iterdata):
+    before = len(fexec.futures)
+    with pytest.raises(TypeError, match="map_iterdata"):
+        fexec.map(echo, iterdata)
+    assert len(fexec.futures) == before
+
+
+@pytest.mark.parametrize("function", [42, "abs", None, [abs]])
+def test_a_non_callable_function_is_refused(fexec, function):
+    with pytest.raises(TypeError, match="callable"):
+        fexec.map(function, [1])
+    with pytest.raises(TypeError, match="callable"):
+        fexec.call_async(function, 1)
+
+
+# --- call_async ---------------------------------------------------------------------------------
+
+
+def test_call_async_unpacks_its_data_like_a_map_item(fexec):
+    assert fexec.get_result(fexec.call_async(echo, 5)) == ((5,), {})
+    assert fexec.get_result(fexec.call_async(echo, "abc")) == (("abc",), {})
+    assert fexec.get_result(fexec.call_async(echo, (1, 2))) == ((1, 2), {})
+    assert fexec.get_result(fexec.call_async(echo, [1, 2])) == ((1, 2), {})
+    assert fexec.get_result(fexec.call_async(echo, {"a": 1})) == ((), {"a": 1})
+    assert fexec.get_result(fexec.call_async(echo, ())) == ((), {})
+    assert fexec.get_result(fexec.call_async(add, {"a": 1, "b": 2, "c": 3})) == 6
+
+
+# --- extra_env --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    """An executor with one worker, so consecutive calls run in the same process."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg1")))
+        mp.chdir(tmp_path_factory.mktemp("work1"))
+        with FunctionExecutor(max_workers=1) as executor:
+            yield executor
+
+
+def test_extra_env_is_seen_by_every_call_of_the_map(fexec):
+    results = run(fexec, read_env, ["CB_TEST_VAR"] * 12, extra_env={"CB_TEST_VAR": "hello", "CB_OTHER": 5})
+    assert [value for _, value in results] == ["hello"] * 12
+    assert run(fexec, read_env, ["CB_OTHER"], extra_env={"CB_OTHER": 5})[0][1] == "5"  # values become text
+
+
+def test_extra_env_does_not_leak_into_the_next_call(single):
+    pid1, during = single.get_result(single.call_async(read_env, "CB_TEST_VAR", extra_env={"CB_TEST_VAR": "x"}))
+    pid2, after = single.get_result(single.call_async(read_env, "CB_TEST_VAR"))
+    assert during == "x"
+    assert after is None
+    assert pid1 == pid2  # same worker process, so the variable really was removed
+
+
+def test_extra_env_overriding_a_variable_is_undone_after_the_call(single):
+    pid0, before = single.get_result(single.call_async(read_env, "HOME"))
+    pid1, during = single.get_result(single.call_async(read_env, "HOME", extra_env={"HOME": "/nowhere"}))
+    pid2, after = single.get_result(single.call_async(read_env, "HOME"))
+    assert during == "/nowhere"
+    assert after == before and before != "/nowhere"
+    assert pid0 == pid1 == pid2
+
+
+def test_extra_env_of_one_job_is_not_seen_by_calls_of_another(single):
+    with_env = single.map(read_env, ["CB_TEST_VAR"] * 3, extra_env={"CB_TEST_VAR": "job1"})
+    without = single.map(read_env, ["CB_TEST_VAR"] * 3)
+    assert [v for _, v in single.get_result(with_env)] == ["job1"] * 3
+    assert [v for _, v in single.get_result(without)] == [None] * 3
+
+
+@pytest.mark.parametrize("env", [{"BAD=NAME": "1"}, {"CB_NUL": "a\0b"}, {1: "x"}], ids=["equals", "nul", "int-key"])
+def test_invalid_extra_env_is_refused_at_submit(single, env):
+    try:
+        futures = single.map(read_env, ["X"], extra_env=env)
+    except (TypeError, ValueError) as e:
+        assert single.futures == [] or all(f.done() for f in single.futures)
+        assert str(next(iter(env))) in str(e) or "extra_env" in str(e)
+        return
+    outcome = single.get_result(futures, throw_except=False)[0]  # let the call end before failing
+    pytest.fail(f"map accepted extra_env={env!r}; its call ended with {outcome!r}")
+
+
+# --- order and batching -------------------------------------------------------------------------------
+
+
+def test_results_are_in_input_order_for_500_calls(fexec):
+    futures = fexec.map(square_with_pid, range(500))
+    results = fexec.get_result(futures, timeout=60)
+    assert [r[0] for r in results] == [i * i for i in range(500)]
+    assert [f.call_index for f in futures] == list(range(500))
+
+
+def test_chunksize_gives_the_same_results_in_batches_of_that_size(fexec):
+    plain = run(fexec, square_with_pid, range(100))
+    chunked = run(fexec, square_with_pid, range(100), chunksize=7)
+    assert [r[0] for r in chunked] == [r[0] for r in plain] == [i * i for i in range(100)]
+    # a batch runs on one worker: each run of 7 consecutive calls shares a process
+    for start in range(0, 100, 7):
+        assert len({pid for _, pid in chunked[start : start + 7]}) == 1, start
+
+
+def test_chunksize_larger_than_the_job(fexec):
+    results = run(fexec, square_with_pid, range(5), chunksize=1000)
+    assert [r[0] for r in results] == [0, 1, 4, 9, 16]
+    assert len({pid for _, pid in results}) == 1
+
+
+# --- what else a job carries: the caller's working directory ----------------------------------------
+
+
+def test_a_deleted_working_directory_does_not_break_warm_workers(single, tmp_path, monkeypatch):
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    assert single.get_result(single.call_async(os.getcwd, ())) == str(gone)
+    monkeypatch.chdir(tmp_path)
+    shutil.rmtree(gone)
+    assert single.get_result(single.call_async(os.getcwd, ())) == str(tmp_path)
+
+
+def chdir_away(path=None):
+    if path is not None:
+        os.chdir(path)
+    return os.getcwd()
+
+
+CWD_REASON = (
+    "BUG: Runtime.run_batch now chdirs only when job.cwd differs from the directory it last changed to "
+    "(self._cwd), once per batch; a call that calls os.chdir leaves later calls and jobs in its directory"
+)
+
+
+@pytest.mark.xfail(strict=True, reason=CWD_REASON)
+def test_each_call_of_a_batch_starts_in_the_callers_directory(single, tmp_path, monkeypatch):
+    away = tmp_path / "away"
+    away.mkdir()
+    monkeypatch.chdir(tmp_path)
+    results = single.get_result(single.map(chdir_away, [str(away), None, None], chunksize=3))
+    assert results == [str(away), str(tmp_path), str(tmp_path)]
+
+
+@pytest.mark.xfail(strict=True, reason=CWD_REASON)
+def test_a_call_that_changes_directory_does_not_move_the_next_job(single, tmp_path, monkeypatch):
+    away = tmp_path / "away"
+    away.mkdir()
+    monkeypatch.chdir(tmp_path)
+    pid1, here = single.get_result(single.call_async(lambda: (os.getpid(), os.getcwd()), ()))
+    assert here == str(tmp_path)
+    assert single.get_result(single.call_async(chdir_away, str(away))) == str(away)
+    pid2, later = single.get_result(single.call_async(lambda: (os.getpid(), os.getcwd()), ()))
+    assert pid1 == pid2  # the same warm worker
+    assert later == str(tmp_path)
