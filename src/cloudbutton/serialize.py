@@ -95,6 +95,8 @@ _SCALARS = frozenset({int, float, str, bytes, bool, type(None)})
 
 def _plain(args: tuple, kwargs: dict) -> bool:
     """Whether plain pickle is enough (and 10x faster than cloudpickle) for these arguments."""
+    if len(args) == 1 and not kwargs:
+        return type(args[0]) in _SCALARS
     return all(type(a) in _SCALARS for a in args) and all(type(v) in _SCALARS for v in kwargs.values())
 
 
