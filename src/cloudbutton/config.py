@@ -89,7 +89,7 @@ def _convert(key: str, value: Any, source: str) -> Any:
         raise ConfigError(f"{key} (from {source}) may not be None")
     expected = {"str": str, "int": int, "float": (int, float), "bool": bool}[kind]
     if not isinstance(value, expected) or (kind != "bool" and isinstance(value, bool)):
-        raise ConfigError(f"{key} = {value!r} (from {source}) must be a {kind}")
+        raise ConfigError(f"{key} = {value!r} (from {source}) must be of type {kind}")
     if key in _POSITIVE and value <= 0:
         raise ConfigError(f"{key} = {value!r} (from {source}) must be greater than 0")
     if key == "retries" and value < 0:

@@ -31,7 +31,6 @@ class Runtime:
         self.worker_id = worker_id
         self.enforce_memory = enforce_memory
         self.calls_run = 0
-        self._cwd: str | None = None  # the directory last changed to (os.getcwd fails once it is deleted)
         self._functions: collections.OrderedDict[str, Any] = collections.OrderedDict()
 
     def function(self, job: JobSpec):
@@ -50,17 +49,8 @@ class Runtime:
     ) -> Iterator[tuple[int, bool, bytes, dict]]:
         """Run calls of one job in turn, yielding each result as soon as it is ready; ``starting``
         is told the position in ``calls`` of each call before it runs."""
-        try:
-            if job.sys_path is not None and sys.path != list(job.sys_path):
-                sys.path[:] = job.sys_path
-            if job.cwd is not None and job.cwd != self._cwd:
-                os.chdir(job.cwd)
-                self._cwd = job.cwd
-        except OSError as e:  # e.g. the caller's working directory is gone: every call reports it
-            failure = _pack_exception(e)
-            for index, args_bytes in calls:
-                yield index, False, failure, {"worker_id": self.worker_id, "args_bytes": len(args_bytes)}
-            return
+        if job.sys_path is not None and sys.path != list(job.sys_path):
+            sys.path[:] = job.sys_path
         for position, (index, args_bytes) in enumerate(calls):
             if starting is not None:
                 starting(position)
@@ -79,6 +69,8 @@ class Runtime:
         saved_env = None
         memory_limited = self.enforce_memory and job.runtime_memory is not None
         try:
+            if job.cwd is not None:
+                _enter(job.cwd)  # every call starts in the caller's directory, even if the last one left it
             saved_env = _apply_env(job.extra_env)
             if memory_limited:
                 _limit_memory(job.runtime_memory)
@@ -98,6 +90,15 @@ class Runtime:
         stats["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         stats["result_bytes"] = len(payload) if ok else 0
         return index, ok, payload, stats
+
+
+def _enter(cwd: str) -> None:
+    try:
+        if os.getcwd() == cwd:
+            return
+    except FileNotFoundError:  # the directory of an earlier job was deleted
+        pass
+    os.chdir(cwd)  # an OSError here (the caller's directory is gone) is this call's exception
 
 
 def _dumps_result(job: JobSpec, index: int, result: Any) -> bytes:
