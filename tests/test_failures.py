@@ -100,6 +100,11 @@ def test_segfault_message_names_the_signal(fexec):
         fexec.get_result(fexec.call_async(segfault_on, (1, 1)))
 
 
+def test_exit_message_names_the_exit_code(fexec):
+    with pytest.raises(WorkerLostError, match="exited with code 3"):
+        fexec.get_result(fexec.call_async(exit_on, (1, 1)))
+
+
 def test_kill_9_from_outside(fexec, tmp_path):
     pid_file = tmp_path / "pid"
     future = fexec.call_async(wait_to_be_killed, str(pid_file))

@@ -322,9 +322,11 @@ class WorkerPool:
     def _replace(self, w: _Worker, error_for) -> None:
         """Report the running call of a dead worker, requeue the rest of its batch, start another."""
         w.close()
-        if w.proc.poll() is None:
+        try:
+            w.proc.wait(timeout=1)  # it closed its socket: it is exiting, so its exit code tells why
+        except subprocess.TimeoutExpired:
             w.proc.kill()
-        w.proc.wait()
+            w.proc.wait()
         batch = w.batch
         position, _ = w.running()
         w.progress.close()
