@@ -3,28 +3,41 @@
 With ``dask_address`` set, calls go to that scheduler; without it, the backend starts a
 ``LocalCluster`` of single-threaded worker processes on 127.0.0.1 and stops it in ``close()``.
 Each batch of calls is one Dask task running ``cloudbutton.worker.run_batch`` (the one worker
-runtime); Dask does the scheduling, and results come back through the futures' done callbacks
-(which Dask runs on its own callback thread, never on the client's event loop).
+runtime); Dask does the scheduling. When a task is done, its future's done callback hands it to a
+few threads of ours that fetch its results and deliver them to the sink, so neither the client's
+event loop nor Dask's one callback thread ever waits for a sink or a fetch. Every call reaches
+``sink.on_result`` or ``sink.on_lost`` exactly once: whoever takes a task out of ``_tasks`` (under
+the lock) reports its calls.
 
 Failures:
 
 - A worker process that dies while running a batch (Dask raises ``KilledWorker`` once the
   scheduler's ``allowed-failures`` are used up) makes the backend resubmit that batch one call per
-  task, so the calls that do not crash still complete; a single call whose task is
-  ``KilledWorker`` is reported as ``WorkerLostError`` naming the call. A cluster we start allows one
-  retry per task (``allowed-failures = 1``), so a crashing call costs a few worker restarts, not
-  minutes; an external cluster keeps its own setting (Dask's default is 3).
+  task, so the calls that do not crash still complete. Dask counts a death against every task the
+  worker held, also those only queued there, so a single call whose task is ``KilledWorker`` becomes
+  a suspect: suspects run again one at a time, and only a suspect whose task is ``KilledWorker``
+  again (so it crashed its worker while it was the only suspect in the cluster) is reported as
+  ``WorkerLostError`` naming the call. A cluster we start gives up on a task at the first death
+  (``allowed-failures = 0``), so a crashing call costs three worker restarts, not minutes; an
+  external cluster keeps its own setting (Dask's default is 3). As always with Dask, a call may run
+  more than once (a result lost with its worker before it was fetched is computed again); its
+  outcome is delivered once.
 - When a job has a ``timeout``, each call is its own task and, when it starts running, the task
   reports the start through a Dask event (``Worker.log_event`` -> ``Client.subscribe_topic``). The
   clock of a call starts when the client receives that event, so time spent queued never counts,
   and the clocks of client and workers never need to agree. A call still running ``timeout``
-  seconds later is reported as ``CallTimeoutError``, its task is cancelled and its worker restarted
-  (``Client.restart_workers``; a worker without a nanny is only removed from the cluster).
+  seconds later is reported as ``CallTimeoutError``, its task is cancelled and its worker stopped:
+  on a LocalCluster we started, the worker process is killed and its nanny starts another at once;
+  on another cluster the worker is restarted with ``Client.restart_workers`` (which needs a nanny;
+  without one a warning is logged and the call's thread runs on, its result unused).
+- The calls of a LocalCluster we start see the caller's ``sys.path`` and working directory; the
+  calls sent to a cluster at ``dask_address`` do not (those are another machine's).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import dataclasses
 import heapq
@@ -32,6 +45,7 @@ import itertools
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -40,6 +54,7 @@ import dask
 import distributed
 from dask.utils import parse_timedelta
 from distributed import Client, KilledWorker, LocalCluster
+from distributed.deploy.cluster import Cluster
 
 from ..errors import BackendError, CallError, CallTimeoutError, RemoteError, WorkerLostError
 from ..job import JobSpec, next_batch_size
@@ -49,22 +64,42 @@ from . import Backend, ResultSink
 logger = logging.getLogger(__name__)
 
 LOCAL_CLUSTER_CONFIG = {
-    # a task whose worker dies twice fails with KilledWorker at once (Dask's default waits for four
-    # deaths); tasks that were only queued on a dying worker still get their second chance
-    "distributed.scheduler.allowed-failures": 1,
+    # a task whose worker dies fails with KilledWorker at once (Dask's default waits for four deaths):
+    # the backend itself runs again, alone, a single call lost that way, which tells the call that
+    # crashes its worker from the ones that were only queued on that worker
+    "distributed.scheduler.allowed-failures": 0,
     # one task at a time per single-threaded worker: a crash or a restart takes no queued task with it
     "distributed.scheduler.worker-saturation": 1.0,
 }
 """Dask settings of the LocalCluster the backend starts itself."""
+_MAIN_GUARD_HINT = (
+    "backend='dask' without dask_address starts a dask LocalCluster, whose worker processes are spawned and"
+    " import your main script again: put the code that creates the FunctionExecutor under"
+    ' `if __name__ == "__main__":` (or give a dask_address, or use the local backend, which needs no guard)'
+)
+LOCAL_CONNECT_TIMEOUT = 10.0
+"""Seconds the scheduler of a LocalCluster we start tries to connect to one of its workers."""
 
 
-def run_calls(calls: list[tuple[int, bytes]], job: JobSpec, topic: str | None = None) -> list:
-    """The Dask task: runs a batch on a worker through the one worker runtime. With ``topic``, first
-    tells the client (through a Dask event) that the task started and on which worker."""
+class _LocalCluster(LocalCluster):
+    """A LocalCluster whose nannies stay. When a worker leaves the scheduler, ``SpecCluster`` waits
+    ``distributed.deploy.lost-worker-timeout`` (15 s) and then closes its nanny for good if no
+    worker of that name is registered at that moment: after a crash, and another crash 15 s later,
+    the cluster would shrink, down to no workers at all (and a job that never finishes). Our nannies
+    live in this process and restart their workers themselves, so that clean-up is skipped."""
+
+    def _update_worker_status(self, op, msg):
+        if op == "remove":
+            Cluster._update_worker_status(self, op, msg)
+        else:
+            super()._update_worker_status(op, msg)
+
+
+def run_calls(calls: list[tuple[int, bytes]], job: JobSpec, topic: str) -> list:
+    """The Dask task: runs a batch on a worker through the one worker runtime, after telling the
+    client (through a Dask event on ``topic``) that the task started, on which worker and process."""
     worker = distributed.get_worker()
-    if topic is not None:
-        msg = {"key": str(worker.get_current_task()), "worker": worker.address, "pid": os.getpid()}
-        worker.log_event(topic, msg)
+    worker.log_event(topic, {"key": str(worker.get_current_task()), "worker": worker.address, "pid": os.getpid()})
     return run_batch(job, calls, worker_id=f"dask:{worker.address}")
 
 
@@ -80,51 +115,74 @@ class _Task:
     started: float | None = None  # time.monotonic() when the client learned that it started
     worker: str | None = None  # address of the worker running it
     pid: int | None = None  # of the worker process running it
+    suspect: bool = False  # a single call lost with its worker, run again alone
 
 
 class DaskBackend(Backend):
     def __init__(self, config):
         super().__init__(config)
         self.cluster: LocalCluster | None = None
-        self.address = config.dask_address
-        if self.address:
-            timeout = parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), default="seconds")
-            try:
-                self.client = Client(self.address, timeout=timeout, set_as_default=False)
-            except (OSError, TimeoutError) as e:
-                raise BackendError(
-                    f"cannot connect to the dask scheduler at {self.address} (dask_address): {e}."
-                    " Is it running and reachable? The time allowed is dask's distributed.comm.timeouts.connect"
-                    f" ({timeout:g} s)"
-                ) from e
+        if config.dask_address:
+            self.address = config.dask_address
+            self.client = self._connect(config.dask_address)
         else:
-            n_workers = config.max_workers or os.cpu_count() or 1
-            try:
-                with dask.config.set(LOCAL_CLUSTER_CONFIG):
-                    self.cluster = LocalCluster(
-                        n_workers=n_workers,
-                        threads_per_worker=1,
-                        processes=True,
-                        host="127.0.0.1",
-                        dashboard_address=None,
-                    )
-                self.client = Client(self.cluster, set_as_default=False)
-            except Exception as e:
-                if self.cluster is not None:
-                    self.cluster.close()
-                raise BackendError(f"cannot start a dask LocalCluster with {n_workers} workers: {e!r}") from e
+            self.cluster, self.client = self._start_cluster(config.max_workers or os.cpu_count() or 1)
             self.address = self.cluster.scheduler_address
         self._lock = threading.Lock()
         self._tasks: dict[str, _Task] = {}  # by dask key: tasks whose outcome is not reported yet
         self._worker_jobs: dict[str, JobSpec] = {}  # by job key: the JobSpec sent to workers
         self._closed = False
-        self._topic: str | None = None  # of the "task started" events, once a job has a timeout
         self._deadlines: list[tuple[float, int, str, float]] = []  # heap of (deadline, seq, key, started)
         self._seq = itertools.count()
         self._wakeup = threading.Condition(self._lock)
-        self._timer: threading.Thread | None = None
+        self._timer: threading.Thread | None = None  # enforces timeouts, started with the first timeout
         self._restarts: list[threading.Thread] = []
+        self._suspects: collections.deque[_Task] = collections.deque()  # waiting to run alone
+        self._suspect_running = False
         self._fetchers = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="cloudbutton-dask-results")
+        self._topic = f"cloudbutton-started-{uuid.uuid4().hex}"  # of the events in which tasks report their start
+        self.client.subscribe_topic(self._topic, self._on_started)
+
+    @staticmethod
+    def _connect(address: str) -> Client:
+        timeout = parse_timedelta(dask.config.get("distributed.comm.timeouts.connect"), default="seconds")
+        try:
+            return Client(address, timeout=timeout, set_as_default=False)
+        except (OSError, TimeoutError) as e:
+            raise BackendError(
+                f"cannot connect to the dask scheduler at {address} (dask_address): {e}. Is it running and"
+                f" reachable? The time allowed is dask's distributed.comm.timeouts.connect ({timeout:g} s)"
+            ) from e
+
+    @staticmethod
+    def _start_cluster(n_workers: int) -> tuple[LocalCluster, Client]:
+        main = sys.modules.get("__main__")
+        if getattr(main, "__name__", None) == "__mp_main__":
+            raise BackendError(_MAIN_GUARD_HINT)
+        cluster = None
+        try:
+            with dask.config.set(LOCAL_CLUSTER_CONFIG):
+                cluster = _LocalCluster(
+                    n_workers=n_workers,
+                    threads_per_worker=1,
+                    processes=True,
+                    host="127.0.0.1",
+                    dashboard_address=None,
+                    # the scheduler's HTTP server (health and metrics routes) starts even without a
+                    # dashboard; on a free loopback port, a second cluster does not warn that 8787 is taken
+                    scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                )
+            # Dask's scheduler can start connecting to a worker that has just died (to fetch a result,
+            # while the worker's removal is under way) and then retries until its connect timeout; on
+            # 127.0.0.1 a connection succeeds at once or never
+            cluster.scheduler.rpc.timeout = LOCAL_CONNECT_TIMEOUT
+            return cluster, Client(cluster, set_as_default=False)
+        except Exception as e:
+            if cluster is not None:
+                cluster.close()
+            script = getattr(main, "__spec__", None) is None and hasattr(main, "__file__")  # python job.py
+            hint = f"; {_MAIN_GUARD_HINT}" if script else ""
+            raise BackendError(f"cannot start a dask LocalCluster with {n_workers} workers: {e!r}{hint}") from e
 
     @property
     def workers(self) -> int:
@@ -150,13 +208,14 @@ class DaskBackend(Backend):
     def _worker_job(self, job: JobSpec) -> JobSpec:
         """``job`` as sent to workers: the caller's sys.path and cwd mean something only on a
         cluster we started on this machine."""
-        worker_job = self._worker_jobs.get(job.key)
-        if worker_job is None:
-            worker_job = job if self.cluster is not None else dataclasses.replace(job, sys_path=None, cwd=None)
-            self._worker_jobs[job.key] = worker_job
-            while len(self._worker_jobs) > 64:
-                del self._worker_jobs[next(iter(self._worker_jobs))]
-        return worker_job
+        with self._lock:
+            worker_job = self._worker_jobs.get(job.key)
+            if worker_job is None:
+                worker_job = job if self.cluster is not None else dataclasses.replace(job, sys_path=None, cwd=None)
+                self._worker_jobs[job.key] = worker_job
+                while len(self._worker_jobs) > 64:
+                    del self._worker_jobs[next(iter(self._worker_jobs))]
+            return worker_job
 
     def _batches(self, calls: list, chunksize: int | None) -> list[list]:
         """``chunksize`` calls per task if set; else decreasing sizes (guided self-scheduling, as the
@@ -175,13 +234,24 @@ class DaskBackend(Backend):
             i += size
         return batches
 
-    def _submit_tasks(self, job: JobSpec, worker_job: JobSpec, batches: list[list], sink: ResultSink) -> None:
-        topic = self._start_events() if job.timeout is not None else None
-        tasks = {f"run_calls-{uuid.uuid4().hex}": _Task(job, worker_job, batch, sink) for batch in batches}
+    def _submit_tasks(
+        self, job: JobSpec, worker_job: JobSpec, batches: list[list], sink: ResultSink, suspect: bool = False
+    ) -> None:
+        if job.timeout is not None and self._timer is None:
+            self._start_timer()
+        tasks = {
+            f"run_calls-{uuid.uuid4().hex}": _Task(job, worker_job, batch, sink, suspect=suspect) for batch in batches
+        }
         with self._lock:  # known before they can start: their start events find them
-            self._tasks.update(tasks)
+            closed = self._closed
+            if not closed:
+                self._tasks.update(tasks)
         try:
-            futures = self.client.map(run_calls, batches, job=worker_job, topic=topic, key=list(tasks), pure=False)
+            if closed:
+                raise BackendError(f"the dask backend ({self.address}) was closed")
+            futures = self.client.map(
+                run_calls, batches, job=worker_job, topic=self._topic, key=list(tasks), pure=False
+            )
         except Exception as e:  # the client is closed or broken: report without re-entering the sink
             logger.debug("dask submit failed", exc_info=True)
             with self._lock:
@@ -195,9 +265,13 @@ class DaskBackend(Backend):
 
     def _report_unsubmitted(self, tasks: list[_Task], error: Exception) -> None:
         for task in tasks:
+            if task.suspect:
+                self._suspect_done()
             for index, _ in task.calls:
                 name = task.job.call_name(index)
-                lost = CallError(f"call {name} could not be sent to the dask scheduler at {self.address}: {error!r}", name)
+                lost = CallError(
+                    f"call {name} could not be sent to the dask scheduler at {self.address}: {error!r}", name
+                )
                 lost.__cause__ = error
                 task.sink.on_lost(task.job, index, lost)
 
@@ -207,7 +281,10 @@ class DaskBackend(Backend):
         """Runs on Dask's one callback thread (shared by every future of the process): hand the
         fetching of the outcome to our own threads, since a result whose worker just died is
         computed again and fetching it can take a while."""
-        self._fetchers.submit(self._settle, future)
+        try:
+            self._fetchers.submit(self._settle, future)
+        except RuntimeError:  # closing: no more fetcher threads
+            self._settle(future)
 
     def _settle(self, future: distributed.Future) -> None:
         with self._lock:
@@ -215,17 +292,25 @@ class DaskBackend(Backend):
         if task is None:
             return  # it timed out, or it was cancelled by cancel()/close()
         try:
+            if future.status == "error":
+                # not result(): raising the exception stored in the future ties the future to it
+                # (through its traceback), and Dask releases the task only once the cycle is collected
+                self._failed(task, future.exception())
+                return
             try:
-                results = future.result()
+                results = future.result()  # may wait: a result lost with its worker is computed again
             except (asyncio.CancelledError, concurrent.futures.CancelledError):
                 self._lost(task, "its dask task was cancelled (by another client, or the scheduler went away)")
             except Exception as e:
-                self._failed(task, e)
+                self._failed(task, e.with_traceback(None))
             else:
                 for result in results:
                     task.sink.on_result(task.job, result)
         except Exception:
             logger.exception("cloudbutton: delivering the outcome of dask task %s failed", future.key)
+        finally:
+            if task.suspect:
+                self._suspect_done()
 
     def _failed(self, task: _Task, exc: BaseException) -> None:
         if isinstance(exc, KilledWorker):
@@ -233,11 +318,18 @@ class DaskBackend(Backend):
                 # a call of this batch crashes its worker: run them one per task so the others complete
                 self._submit_tasks(task.job, task.worker_job, [[call] for call in task.calls], task.sink)
                 return
+            if not task.suspect and not self._closed:
+                # Dask counts a worker's death against every task the worker held, also those only
+                # queued there: run the call again, alone, to tell the call that crashes from the others
+                with self._lock:
+                    self._suspects.append(task)
+                self._next_suspect()
+                return
             last = getattr(exc.last_worker, "address", exc.last_worker)
             self._lost(
                 task,
-                f"the dask worker running it died ({exc.allowed_failures + 1} workers died while running it,"
-                f" the last was {last})",
+                f"the dask worker running it died, also when it ran alone ({exc.allowed_failures + 1} workers died"
+                f" while running it, the last was {last})",
             )
             return
         for index, _ in task.calls:
@@ -251,31 +343,44 @@ class DaskBackend(Backend):
             name = task.job.call_name(index)
             task.sink.on_lost(task.job, index, WorkerLostError(f"call {name} was lost: {why}", name))
 
+    # --- suspects: calls lost with their worker, run again one at a time ----------------------
+
+    def _next_suspect(self) -> None:
+        with self._lock:
+            if self._suspect_running or not self._suspects or self._closed:
+                return
+            task = self._suspects.popleft()
+            self._suspect_running = True
+        self._submit_tasks(task.job, task.worker_job, [task.calls], task.sink, suspect=True)
+
+    def _suspect_done(self) -> None:
+        with self._lock:
+            self._suspect_running = False
+        self._next_suspect()
+
     # --- timeouts ---------------------------------------------------------------------------
 
-    def _start_events(self) -> str:
-        """Subscribe (once) to the events in which tasks report their start; return the topic."""
+    def _start_timer(self) -> None:
         with self._lock:
-            if self._topic is None:
-                self._topic = f"cloudbutton-started-{uuid.uuid4().hex}"
-                self.client.subscribe_topic(self._topic, self._on_started)
-                self._timer = threading.Thread(target=self._enforce_timeouts, name="cloudbutton-dask-timeouts",
-                                               daemon=True)
+            if self._timer is None:
+                self._timer = threading.Thread(
+                    target=self._enforce_timeouts, name="cloudbutton-dask-timeouts", daemon=True
+                )
                 self._timer.start()
-            return self._topic
 
     def _on_started(self, event) -> None:
         """A task started (runs on the client's event loop: must be quick)."""
         _, msg = event
         with self._lock:
             task = self._tasks.get(msg["key"])
-            if task is None or task.job.timeout is None:
+            if task is None:
                 return
             # a task run again after its worker died starts a new clock
             task.started, task.worker, task.pid = time.monotonic(), msg["worker"], msg.get("pid")
-            deadline = task.started + task.job.timeout
-            heapq.heappush(self._deadlines, (deadline, next(self._seq), msg["key"], task.started))
-            self._wakeup.notify()
+            if task.job.timeout is not None:
+                deadline = task.started + task.job.timeout
+                heapq.heappush(self._deadlines, (deadline, next(self._seq), msg["key"], task.started))
+                self._wakeup.notify()
 
     def _enforce_timeouts(self) -> None:
         while True:
@@ -330,6 +435,9 @@ class DaskBackend(Backend):
         except Exception:
             if not self._closed:
                 logger.warning("cloudbutton: could not restart dask worker %s", task.worker, exc_info=True)
+        finally:
+            if task.suspect:
+                self._suspect_done()
 
     def _wait_forgotten(self, key: str, limit: float = 5.0) -> None:
         """Wait (a little) until the scheduler has processed the cancellation of ``key``: a worker
@@ -348,38 +456,42 @@ class DaskBackend(Backend):
         """Cancel this backend's unfinished Dask tasks (a running one runs on, its result unused);
         return the calls dropped, as ``(job, index)``. They are not reported to their sinks."""
         with self._lock:
-            tasks = list(self._tasks.values())
+            running = list(self._tasks.values())
             self._tasks.clear()
-        futures = [t.future for t in tasks if t.future is not None]
+            suspects = list(self._suspects)
+            self._suspects.clear()
+            self._suspect_running = False
+        futures = [t.future for t in running if t.future is not None]
         if futures:
             try:
                 self.client.cancel(futures)
             except Exception:
                 logger.debug("cancelling dask futures failed", exc_info=True)
-        return [(t.job, index) for t in tasks for index, _ in t.calls]
+        return [(t.job, index) for t in running + suspects for index, _ in t.calls]
 
     def close(self) -> None:
         with self._lock:
             if self._closed:
                 return
             self._closed = True
-            tasks = list(self._tasks.values())
+            tasks = list(self._tasks.values()) + list(self._suspects)
             self._tasks.clear()
+            self._suspects.clear()
             self._wakeup.notify_all()
             restarts = list(self._restarts)
         for task in tasks:  # not waited for: they will not finish now
             for index, _ in task.calls:
                 name = task.job.call_name(index)
-                task.sink.on_lost(task.job, index, CallError(f"call {name} did not finish: the dask backend was closed",
-                                                            name))
+                task.sink.on_lost(
+                    task.job, index, CallError(f"call {name} did not finish: the dask backend was closed", name)
+                )
         for thread in restarts:
             thread.join(timeout=30)
         if self._timer is not None:
             self._timer.join(timeout=5)
         self._fetchers.shutdown(wait=False, cancel_futures=True)
         try:
-            if self._topic is not None:
-                self.client.unsubscribe_topic(self._topic)
+            self.client.unsubscribe_topic(self._topic)
             self.client.close()
         finally:
             if self.cluster is not None:
