@@ -170,3 +170,13 @@ def test_unpicklable_argument_fails_at_submit_time(fexec):
 
     with pytest.raises(TypeError, match="00001"):
         fexec.map(abs, [1, threading.Lock()])
+
+
+def test_workers_that_cannot_start_fail_the_calls_instead_of_hanging(monkeypatch):
+    monkeypatch.setenv("PYTHONHOME", "/nonexistent")  # every new interpreter dies at start
+    with FunctionExecutor(max_workers=3) as broken:  # a pool of its own: the others stay healthy
+        with pytest.raises(WorkerLostError, match="exit as soon as they start"):
+            broken.get_result(broken.map(abs, [-1, -2]), timeout=120)
+    monkeypatch.delenv("PYTHONHOME")
+    with FunctionExecutor(max_workers=3) as healed:  # the next executor gets a working pool
+        assert healed.get_result(healed.map(abs, [-1, -2]), timeout=120) == [1, 2]

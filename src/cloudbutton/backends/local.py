@@ -159,7 +159,8 @@ class WorkerPool:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self._closed = False
-        self._idle_deaths = 0
+        self.broken = False  # its dispatcher failed: calls submitted from now on go to a new pool
+        self._start_failures = 0
         self._workers = [_Worker() for _ in range(size)]
         self._thread = threading.Thread(target=self._run, name="cloudbutton-local-pool", daemon=True)
         self._thread.start()
@@ -190,6 +191,8 @@ class WorkerPool:
     def close(self) -> None:
         self._closed = True
         self._wake()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=2)  # so that no batch is being sent while we send the stops
         for w in self._workers:
             try:
                 w.conn.send_bytes(pickle.dumps((0, None, None)))
@@ -233,11 +236,14 @@ class WorkerPool:
     def _run(self) -> None:
         try:
             self._loop()
+        except BackendError as e:
+            self._fail_everything(e)
         except BaseException as e:  # a bug here must fail the calls, not leave callers waiting forever
             self._fail_everything(e)
             raise
 
     def _fail_everything(self, cause: BaseException) -> None:
+        self.broken = True
         with _pools_lock:
             if _pools.get(self.size) is self:
                 del _pools[self.size]
@@ -274,7 +280,7 @@ class WorkerPool:
 
     def _deliver(self, w: _Worker, result) -> None:
         w.delivered = True
-        self._idle_deaths = 0
+        self._start_failures = 0
         batch = w.batch
         batch.done += 1
         w.retiring = w.retiring or result[3].get("memory_exceeded", False)
@@ -330,9 +336,9 @@ class WorkerPool:
         batch = w.batch
         position, _ = w.running()
         w.progress.close()
-        if batch is None and not w.delivered:
-            self._idle_deaths += 1
-            if self._idle_deaths > 3 * self.size:  # workers die as they start: the environment is broken
+        if position is None and not w.delivered:  # it died before running anything
+            self._start_failures += 1
+            if self._start_failures > 3 * self.size:  # they all do: the environment is broken
                 raise BackendError(f"local worker processes exit as soon as they start (last one {w.exit_reason()})")
         self._workers[self._workers.index(w)] = _Worker()
         if batch is None:
@@ -382,6 +388,8 @@ class LocalBackend(Backend):
 
     def submit(self, job, calls, sink) -> None:
         self._jobs.add(job.key)
+        if self.pool.broken:
+            self.pool = shared_pool(self.pool.size)
         self.pool.submit(job, calls, sink)
 
     def cancel(self) -> list[tuple[JobSpec, int]]:
