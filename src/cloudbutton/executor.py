@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import hashlib
 import itertools
 import os
@@ -38,12 +39,13 @@ class _JobRun:
             return  # cancelled by the user meanwhile
         try:
             if ok:
-                future.set_result(serialize.loads(payload))
+                value, error = serialize.loads(payload), None
             else:
-                future.set_exception(_remote_exception(job, index, payload, stats))
+                value, error = None, _remote_exception(job, index, payload, stats)
         except Exception as e:  # the result cannot be unpickled here
             name = job.call_name(index)
-            future.set_exception(RemoteError(f"the result of call {name} cannot be loaded: {e!r}", name))
+            value, error = None, RemoteError(f"the result of call {name} cannot be loaded: {e!r}", name)
+        _settle(future, value, error)
 
     def on_lost(self, job: JobSpec, index: int, error: CallError) -> None:
         future = self.futures[index]
@@ -55,8 +57,17 @@ class _JobRun:
                 return
         if future.attempts > 1:
             error.add_note(f"call {job.call_name(index)} was tried {future.attempts} times")
-        if not future.done():
+        _settle(future, None, error)
+
+
+def _settle(future: ResponseFuture, value: Any, error: BaseException | None) -> None:
+    try:
+        if error is None:
+            future.set_result(value)
+        else:
             future.set_exception(error)
+    except cf.InvalidStateError:
+        pass  # the user cancelled it meanwhile
 
 
 def _remote_exception(job: JobSpec, index: int, payload: bytes, stats: dict) -> BaseException:
