@@ -289,3 +289,8 @@ def test_a_call_that_changes_directory_does_not_move_the_next_job(single, tmp_pa
     pid2, later = single.get_result(single.call_async(lambda: (os.getpid(), os.getcwd()), ()))
     assert pid1 == pid2  # the same warm worker
     assert later == str(tmp_path)
+
+
+def test_extra_env_none_unsets_a_variable_for_the_call(single, monkeypatch):
+    monkeypatch.setenv("CB_UNSET_ME", "present")  # workers inherit the caller's environment when started
+    assert single.get_result(single.call_async(read_env, "CB_UNSET_ME", extra_env={"CB_UNSET_ME": None}))[1] is None

@@ -90,7 +90,7 @@ def _remote_exception(job: JobSpec, index: int, payload: bytes, stats: dict) -> 
     return exc
 
 
-def _checked_env(extra_env) -> dict[str, str] | None:
+def _checked_env(extra_env) -> dict[str, str | None] | None:
     """``extra_env`` with its values as text; refuse at submit time what ``os.environ`` would refuse."""
     if not extra_env:
         return None
@@ -98,9 +98,9 @@ def _checked_env(extra_env) -> dict[str, str] | None:
     for key, value in extra_env.items():
         if not isinstance(key, str) or not key or "=" in key or "\0" in key:
             raise ValueError(f"extra_env: {key!r} is not a valid environment variable name")
-        if value is None or "\0" in str(value):
+        if value is not None and "\0" in str(value):
             raise ValueError(f"extra_env: the value of {key} must be text without NUL characters, not {value!r}")
-        env[key] = str(value)
+        env[key] = None if value is None else str(value)  # None unsets the variable
     return env
 
 
