@@ -22,14 +22,15 @@ Failures:
   external cluster keeps its own setting (Dask's default is 3). As always with Dask, a call may run
   more than once (a result lost with its worker before it was fetched is computed again); its
   outcome is delivered once.
-- When a job has a ``timeout``, each call is its own task and, when it starts running, the task
-  reports the start through a Dask event (``Worker.log_event`` -> ``Client.subscribe_topic``). The
-  clock of a call starts when the client receives that event, so time spent queued never counts,
-  and the clocks of client and workers never need to agree. A call still running ``timeout``
-  seconds later is reported as ``CallTimeoutError``, its task is cancelled and its worker stopped:
-  on a LocalCluster we started, the worker process is killed and its nanny starts another at once;
-  on another cluster the worker is restarted with ``Client.restart_workers`` (which needs a nanny;
-  without one a warning is logged and the call's thread runs on, its result unused).
+- Every task reports when it starts running, and where, through a Dask event
+  (``Worker.log_event`` -> ``Client.subscribe_topic``). When a job has a ``timeout``, each call is
+  its own task, and its clock starts when the client receives that event, so time spent queued
+  never counts, and the clocks of client and workers never need to agree. A call still running
+  ``timeout`` seconds later is reported as ``CallTimeoutError``, its task is cancelled and its
+  worker stopped: on a LocalCluster we started, the worker process is killed and its nanny starts
+  another at once; on another cluster the worker is restarted with ``Client.restart_workers``
+  (which needs a nanny; without one a warning is logged and the call's thread runs on, its result
+  unused).
 - The calls of a LocalCluster we start see the caller's ``sys.path`` and working directory; the
   calls sent to a cluster at ``dask_address`` do not (those are another machine's).
 """
@@ -37,18 +38,22 @@ Failures:
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import heapq
 import itertools
 import logging
 import os
+import queue
 import signal
 import sys
 import threading
 import time
 import uuid
+import weakref
 
 import dask
 import distributed
@@ -77,6 +82,10 @@ _MAIN_GUARD_HINT = (
     " import your main script again: put the code that creates the FunctionExecutor under"
     ' `if __name__ == "__main__":` (or give a dask_address, or use the local backend, which needs no guard)'
 )
+START_TOPIC = "cloudbutton-task-started"
+"""The Dask event topic of the tasks' start reports (one topic: the scheduler keeps every topic)."""
+FETCHERS = 4
+"""Threads that fetch and deliver the outcomes of finished tasks."""
 LOCAL_CONNECT_TIMEOUT = 10.0
 """Seconds the scheduler of a LocalCluster we start tries to connect to one of its workers."""
 
@@ -118,6 +127,22 @@ class _Task:
     suspect: bool = False  # a single call lost with its worker, run again alone
 
 
+_open_backends: weakref.WeakSet[DaskBackend] = weakref.WeakSet()
+
+
+def _close_open_backends() -> None:
+    """At interpreter exit, before the thread pools (Dask's callback thread among them) are shut
+    down: close what was not closed, so pending tasks end quietly and their clusters stop."""
+    for backend in list(_open_backends):
+        with contextlib.suppress(Exception):
+            backend.close()
+
+
+# threading's exit hooks run before thread pools are joined and before atexit (Dask closes its
+# clusters in atexit): too late for futures whose done callbacks are still pending
+getattr(threading, "_register_atexit", atexit.register)(_close_open_backends)
+
+
 class DaskBackend(Backend):
     def __init__(self, config):
         super().__init__(config)
@@ -139,9 +164,14 @@ class DaskBackend(Backend):
         self._restarts: list[threading.Thread] = []
         self._suspects: collections.deque[_Task] = collections.deque()  # waiting to run alone
         self._suspect_running = False
-        self._fetchers = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="cloudbutton-dask-results")
-        self._topic = f"cloudbutton-started-{uuid.uuid4().hex}"  # of the events in which tasks report their start
-        self.client.subscribe_topic(self._topic, self._on_started)
+        self._abandoned = False  # cancel() left tasks running on the workers
+        # finished tasks, whose outcomes daemon threads fetch and deliver (daemons: a fetch that waits
+        # for a result to be computed again must not hold up the interpreter's exit)
+        self._finished: queue.SimpleQueue[distributed.Future | None] = queue.SimpleQueue()
+        for i in range(FETCHERS):
+            threading.Thread(target=self._fetch, name=f"cloudbutton-dask-results-{i}", daemon=True).start()
+        self.client.subscribe_topic(START_TOPIC, self._on_started)
+        _open_backends.add(self)
 
     @staticmethod
     def _connect(address: str) -> Client:
@@ -189,13 +219,15 @@ class DaskBackend(Backend):
         """Worker threads in the cluster (at least 1, so batches can be planned while it scales up)."""
         try:
             threads = self.client.scheduler_info(n_workers=0)["total_threads"]
-        except (TypeError, KeyError):  # distributed before 2025
+        except (TypeError, KeyError):  # an older distributed: no n_workers argument, no total_threads
             threads = sum(self.client.nthreads().values())
         return max(1, threads)
 
     # --- submitting -------------------------------------------------------------------------
 
     def submit(self, job: JobSpec, calls: list[tuple[int, bytes]], sink: ResultSink) -> None:
+        """Send ``calls`` as Dask tasks: in batches (``job.chunksize`` calls each, or see
+        ``_batches``), or one call per task when the job has a timeout (its clock is per task)."""
         if self._closed:
             raise BackendError(f"the dask backend ({self.address}) was closed")
         worker_job = self._worker_job(job)
@@ -250,7 +282,7 @@ class DaskBackend(Backend):
             if closed:
                 raise BackendError(f"the dask backend ({self.address}) was closed")
             futures = self.client.map(
-                run_calls, batches, job=worker_job, topic=self._topic, key=list(tasks), pure=False
+                run_calls, batches, job=worker_job, topic=START_TOPIC, key=list(tasks), pure=False
             )
         except Exception as e:  # the client is closed or broken: report without re-entering the sink
             logger.debug("dask submit failed", exc_info=True)
@@ -281,9 +313,10 @@ class DaskBackend(Backend):
         """Runs on Dask's one callback thread (shared by every future of the process): hand the
         fetching of the outcome to our own threads, since a result whose worker just died is
         computed again and fetching it can take a while."""
-        try:
-            self._fetchers.submit(self._settle, future)
-        except RuntimeError:  # closing: no more fetcher threads
+        self._finished.put(future)
+
+    def _fetch(self) -> None:
+        while (future := self._finished.get()) is not None:
             self._settle(future)
 
     def _settle(self, future: distributed.Future) -> None:
@@ -461,6 +494,7 @@ class DaskBackend(Backend):
             suspects = list(self._suspects)
             self._suspects.clear()
             self._suspect_running = False
+            self._abandoned = self._abandoned or bool(running)
         futures = [t.future for t in running if t.future is not None]
         if futures:
             try:
@@ -474,6 +508,7 @@ class DaskBackend(Backend):
             if self._closed:
                 return
             self._closed = True
+            _open_backends.discard(self)
             tasks = list(self._tasks.values()) + list(self._suspects)
             self._tasks.clear()
             self._suspects.clear()
@@ -489,13 +524,26 @@ class DaskBackend(Backend):
             thread.join(timeout=30)
         if self._timer is not None:
             self._timer.join(timeout=5)
-        self._fetchers.shutdown(wait=False, cancel_futures=True)
+        for _ in range(FETCHERS):
+            self._finished.put(None)
         try:
-            self.client.unsubscribe_topic(self._topic)
+            with contextlib.suppress(Exception):
+                self.client.unsubscribe_topic(START_TOPIC)
             self.client.close()
         finally:
             if self.cluster is not None:
+                if tasks or self._abandoned:
+                    self._stop_workers_now()
                 self.cluster.close()
+
+    def _stop_workers_now(self) -> None:
+        """Our cluster's workers still run calls whose results no one wants: stop them at once (a
+        nanny closing its worker would give a busy one 4 s to finish) and their nannies with them."""
+        for nanny in list(self.cluster.workers.values()):
+            with contextlib.suppress(Exception):
+                nanny.close_gracefully()  # when its worker process ends, the nanny closes instead of restarting it
+                if nanny.pid:
+                    os.kill(nanny.pid, signal.SIGKILL)
 
     def __repr__(self) -> str:
         return f"<DaskBackend {self.address}{' (LocalCluster)' if self.cluster is not None else ''}>"
