@@ -95,9 +95,9 @@ def _convert(key: str, value: Any, source: str) -> Any:
     if key == "retries" and value < 0:
         raise ConfigError(f"retries = {value!r} (from {source}) must be 0 or more")
     if key == "backend":
-        from .backends import backend_names
+        from .backends import backend_names, known_backends
 
-        if value not in backend_names():
+        if value not in known_backends and value not in backend_names():
             allowed = ", ".join(sorted(backend_names()))
             raise ConfigError(f"backend = {value!r} (from {source}) is unknown; allowed: {allowed}")
     return value

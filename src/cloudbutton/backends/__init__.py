@@ -13,7 +13,6 @@ from __future__ import annotations
 import abc
 import functools
 import importlib
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Protocol
 
 from ..errors import BackendError, CallError, ConfigError
@@ -62,6 +61,8 @@ class Backend(abc.ABC):
 
 @functools.cache
 def _plugins() -> dict:
+    from importlib.metadata import entry_points  # slow to import; needed only for names beyond ours
+
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
