@@ -12,6 +12,8 @@ import pytest
 dask = pytest.importorskip("dask")
 distributed = pytest.importorskip("distributed")
 
+from calls import CustomError, exit_on, fail_on, inc, sleep_for  # noqa: E402
+
 from cloudbutton import (  # noqa: E402
     BackendError,
     CallTimeoutError,
@@ -23,31 +25,6 @@ from cloudbutton import (  # noqa: E402
 from cloudbutton.backends.dask import DaskBackend  # noqa: E402
 from cloudbutton.config import resolve_config  # noqa: E402
 from cloudbutton.job import JobSpec  # noqa: E402
-
-
-class CustomError(Exception):
-    pass
-
-
-def inc(x):
-    return x + 1
-
-
-def fail_on(x, bad):
-    if x == bad:
-        raise CustomError(f"bad value {x}")
-    return x
-
-
-def exit_on(x, bad):
-    if x == bad:
-        os._exit(1)
-    return x
-
-
-def sleep_for(seconds):
-    time.sleep(seconds)
-    return seconds
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+from calls import CustomError, exit_on, fail_on, sleep_for
 
 from cloudbutton import (
     CallTimeoutError,
@@ -15,22 +16,6 @@ from cloudbutton import (
     WaitTimeoutError,
     WorkerLostError,
 )
-
-
-class CustomError(Exception):
-    pass
-
-
-def fail_on(x, bad):
-    if x == bad:
-        raise CustomError(f"bad value {x}")
-    return x
-
-
-def exit_on(x, bad):
-    if x == bad:
-        os._exit(3)
-    return x
 
 
 def segfault_on(x, bad):
@@ -42,11 +27,6 @@ def segfault_on(x, bad):
 def wait_to_be_killed(pid_file):
     Path(pid_file).write_text(str(os.getpid()))
     time.sleep(60)
-
-
-def sleep_for(seconds):
-    time.sleep(seconds)
-    return seconds
 
 
 def allocate(mb):

@@ -1,0 +1,29 @@
+"""Functions the tests run as calls, shared by the backends' test files."""
+
+import os
+import time
+
+
+class CustomError(Exception):
+    pass
+
+
+def inc(x):
+    return x + 1
+
+
+def fail_on(x, bad):
+    if x == bad:
+        raise CustomError(f"bad value {x}")
+    return x
+
+
+def exit_on(x, bad):
+    if x == bad:
+        os._exit(3)
+    return x
+
+
+def sleep_for(seconds):
+    time.sleep(seconds)
+    return seconds
