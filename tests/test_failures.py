@@ -109,7 +109,7 @@ def test_retries_rerun_a_lost_call_and_deliver_it_once(fexec, tmp_path):
 
 
 def test_retries_exhausted_raise_worker_lost(fexec, tmp_path):
-    future = fexec.call_async(crash_first_attempts, (str(tmp_path), 0, 5), )
+    future = fexec.call_async(crash_first_attempts, (str(tmp_path), 0, 5))
     with pytest.raises(WorkerLostError):
         fexec.get_result(future)
     futures = fexec.map(crash_first_attempts, [(str(tmp_path), 1, 5)], retries=1)
