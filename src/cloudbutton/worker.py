@@ -1,6 +1,6 @@
 """The one worker runtime: unpack a call, run the user's function, capture its result or
 exception and its stats. Every backend runs calls through ``Runtime.run_call``; the ``local``
-backend's worker processes run ``main()`` (``python -m cloudbutton.worker FD``)."""
+backend's worker processes run ``main()`` (``python -m cloudbutton.worker SOCKET_FD PROGRESS_FD PARENT_PID``)."""
 
 from __future__ import annotations
 
