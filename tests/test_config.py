@@ -87,6 +87,8 @@ def test_every_value_names_its_own_source(layers, monkeypatch):
         "retries": (2, CONFIG_ARG),
         "show_progressbar": (True, CONFIG_ARG),
         "dask_address": ("tcp://user:1", str(layers.user)),
+        "state_url": (None, "default"),
+        "storage_url": (None, "default"),
     }
     assert sorted(expected) == sorted(config_keys())
     shown = config.show().splitlines()

@@ -37,6 +37,10 @@ class Config:
     """Progress bar on stderr while waiting; ``None``: only when stderr is a terminal."""
     dask_address: str | None = None
     """Scheduler of an existing Dask cluster; ``None``: the executor starts a LocalCluster."""
+    storage_url: str | None = None
+    """Where data objects live (any fsspec URL); ``None``: ``~/.cache/cloudbutton/storage``."""
+    state_url: str | None = None
+    """Redis-protocol server for shared state (``redis://``, ``rediss://``, ``unix://``); ``None``: embedded Valkey."""
 
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False, repr=False)
     """Where each value came from (not a setting)."""

@@ -50,3 +50,11 @@ class WaitTimeoutError(CloudbuttonError, TimeoutError):
 
 class RemoteError(CallError):
     """A call raised an exception that could not be sent back as itself (e.g. it was unpicklable)."""
+
+
+class StateError(CloudbuttonError):
+    """The state server is unreachable or misused (e.g. a name reused with another type); names the URL or key."""
+
+
+class StorageError(CloudbuttonError):
+    """An object or prefix is missing, or storage could not be reached or used; the message names the URL."""

@@ -1,0 +1,168 @@
+"""Storage partitioner: split objects into byte ranges aligned to newlines, without reading them.
+
+Planning uses only listing/info calls (sizes). Each ``Partition`` reads its own bytes, through
+fsspec, where it runs. Ranges are half-open: ``data_byte_range = (start, end)`` covers ``start``
+up to, not including, ``end`` (the *nominal* range, before newline alignment).
+
+With a ``newline`` separator, partition ``i`` of nominal range ``[s, e)`` yields the bytes from just
+after the first separator that ends at or after ``s`` (or from 0 for part 0) up to the end of the first
+separator that ends at or after ``e`` (or the end of the object). Neighbours use the same boundary,
+so every line is read by exactly one partition, whatever the chunk size.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import StorageError
+from .storage import filesystem
+
+_BLOCK = 1 << 16
+
+
+@dataclass
+class Partition:
+    """One partition of one object: what a function receives as its ``obj`` argument."""
+
+    url: str
+    key: str
+    part: int
+    data_byte_range: tuple[int, int]
+    chunk_size: int
+    size: int
+    newline: bytes | None = b"\n"
+    storage_options: dict = field(default_factory=dict, repr=False)
+    _stream: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_stream"] = None  # an open file never travels
+        return state
+
+    @property
+    def data_stream(self) -> io.BufferedReader:
+        """A binary file-like object reading exactly this partition's bytes (opened on first use)."""
+        if self._stream is None:
+            self._stream = self.open()
+        return self._stream
+
+    def open(self) -> io.BufferedReader:
+        """A new binary stream over this partition's bytes."""
+        fs, path = filesystem(self.url, **self.storage_options)
+        try:
+            f = fs.open(path, "rb")
+        except FileNotFoundError as e:
+            raise StorageError(f"no object at {self.url}: {e}") from e
+        size = f.size if getattr(f, "size", None) is not None else fs.size(path)
+        if size != self.size:
+            f.close()
+            raise StorageError(f"object {self.url} changed size since partitioning: {self.size} -> {size} bytes")
+        start, end = self.data_byte_range
+        if self.newline:
+            start = 0 if self.part == 0 else _after_separator(f, start, self.newline, size)
+            end = _after_separator(f, end, self.newline, size)
+            end = max(start, end)
+        return io.BufferedReader(_RangeReader(f, start, end), buffer_size=_BLOCK)
+
+
+def _after_separator(f, pos: int, sep: bytes, size: int) -> int:
+    """The offset just past the first ``sep`` that ends at or after ``pos`` (``size`` if none)."""
+    if pos >= size:
+        return size
+    base = max(0, pos - len(sep))  # a separator starting here or later ends at or after pos
+    f.seek(base)
+    buf, keep = b"", len(sep) - 1
+    while block := f.read(_BLOCK):
+        buf += block
+        i = buf.find(sep)
+        if i >= 0:
+            return base + i + len(sep)
+        base += len(buf) - keep
+        buf = buf[len(buf) - keep :]
+    return size
+
+
+class _RangeReader(io.RawIOBase):
+    """Raw reads of ``[start, end)`` of an open fsspec file."""
+
+    def __init__(self, f, start: int, end: int):
+        self._f, self._pos, self._end = f, start, end
+        f.seek(start)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        n = min(len(b), self._end - self._pos)
+        if n <= 0:
+            return 0
+        data = self._f.read(n)
+        b[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self._f.close()
+        super().close()
+
+
+def _objects(source: str, storage_options: dict) -> list[tuple[str, str, int]]:
+    """``(url, path, size)`` of each object named by a URL, a prefix (folder) or a glob; sorted."""
+    fs, path = filesystem(source, **storage_options)
+    try:
+        if any(c in path for c in "*?["):
+            found = fs.glob(path, detail=True)
+        else:
+            info = fs.info(path)
+            found = fs.find(path, detail=True) if info.get("type") == "directory" else {path: info}
+    except FileNotFoundError:
+        found = {}
+    except OSError as e:
+        raise StorageError(f"cannot list {source}: {e}") from e
+    objects = [
+        (fs.unstrip_protocol(p), fs._strip_protocol(p), int(i.get("size") or 0))
+        for p, i in sorted(found.items())
+        if i.get("type") != "directory"
+    ]
+    if not objects:
+        raise StorageError(f"no objects at {source}")
+    return objects
+
+
+def plan_partitions(
+    sources,
+    chunk_size: int | None = None,
+    chunk_number: int | None = None,
+    newline: str | bytes | None = "\n",
+    storage_options: dict | None = None,
+) -> list[Partition]:
+    """Partitions of every object named by ``sources`` (a URL, prefix or glob, or a list of them).
+
+    ``chunk_size`` (bytes) or ``chunk_number`` (parts per object) splits objects; neither: one
+    partition per object. An empty object gives one empty partition. Objects are not read."""
+    if chunk_size is not None and chunk_number is not None:
+        raise ValueError("give chunk_size or chunk_number, not both")
+    for name, value in (("chunk_size", chunk_size), ("chunk_number", chunk_number)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+            raise ValueError(f"{name} must be a positive integer, not {value!r}")
+    if isinstance(newline, str):
+        newline = newline.encode()
+    if newline == b"":
+        raise ValueError("newline must be a non-empty separator or None")
+    storage_options = storage_options or {}
+    partitions = []
+    for source in [sources] if isinstance(sources, str) else list(sources):
+        for url, path, size in _objects(source, storage_options):
+            if chunk_number is not None:
+                step = max(1, math.ceil(size / chunk_number))
+            else:
+                step = chunk_size or max(size, 1)
+            count = max(1, math.ceil(size / step))
+            for part in range(count):
+                start, end = part * step, min(size, (part + 1) * step)
+                partitions.append(Partition(url, path, part, (start, end), step, size, newline, storage_options))
+    return partitions
