@@ -267,3 +267,17 @@ def test_password_is_not_shown_in_errors():
 def test_bad_name_is_a_value_error():
     with pytest.raises(ValueError):
         AtomicInt("")
+
+
+def _increment_by_name(name):
+    from cloudbutton.state import AtomicInt as Counter
+
+    return Counter(name).increment()
+
+
+def test_a_worker_creating_an_object_by_name_uses_the_callers_server():
+    name = f"by-name-{uuid.uuid4().hex}"
+    counter = AtomicInt(name, initial=0)  # starts (or reuses) this process's embedded server
+    with FunctionExecutor(max_workers=2) as fexec:
+        fexec.get_result(fexec.map(_increment_by_name, [name] * 20))
+    assert counter.get() == 20

@@ -104,6 +104,16 @@ def _checked_env(extra_env) -> dict[str, str | None] | None:
     return env
 
 
+def _with_embedded_state_url(extra_env: dict | None) -> dict | None:
+    """Point calls at this process's embedded state server, if it runs, so that a state object a call
+    creates by name (``AtomicInt("hits")``) is the caller's, not one of a server of the worker's own."""
+    server = sys.modules.get("cloudbutton.state.server")
+    url = server.running_url() if server else None
+    if url is None:
+        return extra_env
+    return {"CLOUDBUTTON_STATE_URL": url, **(extra_env or {})}
+
+
 _executor_ids = itertools.count()
 
 
@@ -160,6 +170,8 @@ class FunctionExecutor:
             "map argument", runtime_memory=runtime_memory, timeout=timeout, chunksize=chunksize, retries=retries
         )
         extra_env = _checked_env(extra_env)
+        if self.config.backend == "local" and not self.config.state_url:
+            extra_env = _with_embedded_state_url(extra_env)
         calls = plan_calls(map_iterdata, extra_args)
         modules = serialize.by_value_modules(include_modules, exclude_modules)
         function_bytes = serialize.dumps_function(map_function, modules)

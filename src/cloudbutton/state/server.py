@@ -150,6 +150,14 @@ def embedded_url() -> str:
         return _server.url
 
 
+def running_url() -> str | None:
+    """The URL of this process's embedded server if it is running (None otherwise); never starts one."""
+    server = _server
+    if server is None or server.owner_pid != os.getpid() or server.proc.poll() is not None:
+        return None
+    return server.url
+
+
 def stop_server() -> None:
     """Stop the embedded server of this process, if one is running (also done at interpreter exit)."""
     global _server
