@@ -11,18 +11,6 @@ import pytest
 from cloudbutton import FunctionExecutor
 
 
-@pytest.fixture(scope="module")
-def fexec(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        for key in list(os.environ):
-            if key.startswith("CLOUDBUTTON_"):
-                mp.delenv(key)
-        mp.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg")))
-        mp.chdir(tmp_path_factory.mktemp("work"))
-        with FunctionExecutor(max_workers=2) as executor:
-            yield executor
-
-
 def echo(*args, **kwargs):
     return args, kwargs
 

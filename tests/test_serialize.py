@@ -14,21 +14,9 @@ import uuid
 
 import pytest
 
-from cloudbutton import FunctionExecutor, RemoteError, SerializationError
+from cloudbutton import RemoteError, SerializationError
 from cloudbutton.errors import CloudbuttonError, WorkerLostError
 from cloudbutton.serialize import by_value_modules
-
-
-@pytest.fixture(scope="module")
-def fexec(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        for key in list(os.environ):
-            if key.startswith("CLOUDBUTTON_"):
-                mp.delenv(key)
-        mp.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg")))
-        mp.chdir(tmp_path_factory.mktemp("work"))
-        with FunctionExecutor(max_workers=2) as executor:
-            yield executor
 
 
 def run(fexec, function, iterdata, **kwargs):
