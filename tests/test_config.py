@@ -89,6 +89,8 @@ def test_every_value_names_its_own_source(layers, monkeypatch):
         "dask_address": ("tcp://user:1", str(layers.user)),
         "state_url": (None, "default"),
         "storage_url": (None, "default"),
+        "storage_threshold": (1 << 20, "default"),
+        "state_timeout": (5.0, "default"),
     }
     assert sorted(expected) == sorted(config_keys())
     shown = config.show().splitlines()

@@ -39,8 +39,12 @@ class Config:
     """Scheduler of an existing Dask cluster; ``None``: the executor starts a LocalCluster."""
     storage_url: str | None = None
     """Where data objects live (any fsspec URL); ``None``: ``~/.cache/cloudbutton/storage``."""
+    storage_threshold: int = 1 << 20
+    """Bytes above which a call's arguments or result travel through storage instead of the control channel."""
     state_url: str | None = None
     """Redis-protocol server for shared state (``redis://``, ``rediss://``, ``unix://``); ``None``: embedded Valkey."""
+    state_timeout: float = 5.0
+    """Seconds to wait for the state server (connecting or replying) before ``StateError`` is raised."""
 
     sources: Mapping[str, str] = dataclasses.field(default_factory=dict, compare=False, repr=False)
     """Where each value came from (not a setting)."""
@@ -66,7 +70,7 @@ def config_keys() -> list[str]:
     return [f.name for f in dataclasses.fields(Config) if f.name != "sources"]
 
 
-_POSITIVE = {"max_workers", "chunksize", "timeout", "runtime_memory"}
+_POSITIVE = {"max_workers", "chunksize", "timeout", "runtime_memory", "storage_threshold", "state_timeout"}
 
 
 def _convert(key: str, value: Any, source: str) -> Any:

@@ -23,15 +23,12 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from ..config import resolve_config
 from ..errors import StateError
 from .server import state_url
 
 PREFIX = "cloudbutton:"
 _TYPES_KEY = PREFIX + "meta:types"
-CONNECT_TIMEOUT = 3.0
-"""Seconds to wait for a connection to the state server before StateError is raised."""
-SOCKET_TIMEOUT = 10.0
-"""Seconds to wait for a reply from the state server before StateError is raised."""
 
 _clients: dict[str, redis.Redis] = {}
 _clients_pid = os.getpid()
@@ -67,11 +64,12 @@ def _client_for(url: str) -> redis.Redis:
             _clients_pid = os.getpid()
         client = _clients.get(url)
         if client is None:
+            timeout = resolve_config().state_timeout
             try:
                 client = redis.Redis.from_url(
                     url,
-                    socket_connect_timeout=CONNECT_TIMEOUT,
-                    socket_timeout=SOCKET_TIMEOUT,
+                    socket_connect_timeout=timeout,
+                    socket_timeout=timeout,
                     retry=Retry(NoBackoff(), 1),  # bounded: at most two connection attempts
                 )
             except ValueError as e:
@@ -216,9 +214,7 @@ class AtomicInt(SharedObject):
     @_state_op
     def compare_and_set(self, expected: int, new: int) -> bool:
         """Set to ``new`` only if the value is ``expected``; return whether it was set."""
-        r = self._r
-        script = _scripts(r)["int_cas"]
-        return bool(script(keys=[self._key], args=[str(_int(expected)), str(_int(new))], client=r))
+        return bool(run_script(self._r, _INT_CAS, [self._key], [str(_int(expected)), str(_int(new))]))
 
 
 def _int(value: Any) -> int:
@@ -227,15 +223,13 @@ def _int(value: Any) -> int:
     return value
 
 
-_SCRIPTS = {"int_cas": _INT_CAS}
-
-
-def _scripts(r: redis.Redis) -> dict[str, Any]:
-    scripts = getattr(r, "_cloudbutton_scripts", None)
-    if scripts is None:
-        scripts = {name: r.register_script(src) for name, src in _SCRIPTS.items()}
-        r._cloudbutton_scripts = scripts
-    return scripts
+def run_script(r: redis.Redis, source: str, keys: list, args: list) -> Any:
+    """Run the Lua ``source`` atomically on the server (sent once per client, then called by its SHA)."""
+    scripts = r.__dict__.setdefault("_cloudbutton_scripts", {})
+    script = scripts.get(source)
+    if script is None:
+        script = scripts[source] = r.register_script(source)
+    return script(keys=keys, args=args, client=r)
 
 
 def _encode_key(key: Any) -> bytes:
