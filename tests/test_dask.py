@@ -286,3 +286,18 @@ def test_a_script_without_main_guard_gets_a_clear_error(tmp_path):
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode != 0
     assert "BackendError" in proc.stderr and 'if __name__ == "__main__":' in proc.stderr
+
+
+def count_lines(obj):
+    return obj.data_stream.read().count(b"\n")
+
+
+def test_map_reduce_over_objects_and_large_payloads_through_storage(cluster, tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "log.txt").write_text("".join(f"line {i}\n" for i in range(1000)))
+    config = {"storage_url": f"file://{tmp_path}", "storage_threshold": 1000}
+    with FunctionExecutor(backend="dask", dask_address=cluster.scheduler_address, config=config) as fexec:
+        futures = fexec.map_reduce(count_lines, "data/", sum, obj_chunk_number=4)
+        assert fexec.get_result(futures) == [1000]
+        assert fexec.get_result(fexec.call_async(lambda b: b * 2, b"x" * 5000)) == b"x" * 10000
+    assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == ["log.txt"]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import hashlib
 import itertools
+import logging
 import os
 import pickle
 import secrets
@@ -14,38 +16,60 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from . import serialize
+from . import serialize, spill
 from .backends import get_backend_class
 from .config import resolve_config
 from .errors import CallError, MemoryLimitError, RemoteError, WorkerLostError
 from .futures import ALL_COMPLETED, ResponseFuture, as_list, get_result, wait
-from .job import JobSpec, plan_calls
+from .job import JobSpec, expand_objects, parameter_names, plan_calls
 from .stats import summary_rows, to_dataframe
+from .storage import default_storage_url
+
+logger = logging.getLogger(__name__)
 
 
 class _JobRun:
-    """Receives the outcomes of one job's calls from the backend and settles their futures."""
+    """Receives the outcomes of one job's calls from the backend and settles their futures; removes
+    the job's stored data once every call is settled."""
 
-    def __init__(self, executor: FunctionExecutor, futures: list[ResponseFuture], args: list[bytes], retries: int):
-        self.executor, self.futures, self.retries = executor, futures, retries
-        self.args: list[bytes] | None = args if retries else None  # kept only to run lost calls again
+    def __init__(self, executor: FunctionExecutor, job: JobSpec, futures: list[ResponseFuture], retries: int):
+        self.executor, self.job, self.futures, self.retries = executor, job, futures, retries
+        self.args: list[bytes | None] = [None] * len(futures)  # kept until settled, to run lost calls again
+        self.stored = False  # whether any argument or result went through storage
+        self._unsettled = len(futures)
         self._lock = threading.Lock()
+
+    def launch(self, calls: list[tuple[int, bytes]]) -> None:
+        """Send calls ``(index, pickled arguments)``; arguments above the threshold go through storage."""
+        job, threshold = self.job, self.job.storage_threshold
+        if job.data_url and threshold:
+            for n, (index, data) in enumerate(calls):
+                if len(data) > threshold:
+                    calls[n] = (index, spill.spill(data, f"{job.data_url}/args/{index:05d}"))
+                    self.stored = True
+        for index, data in calls:
+            self.args[index] = data
+        self.executor.backend.submit(job, calls, self)
 
     def on_result(self, job: JobSpec, result: tuple[int, bool, bytes, dict]) -> None:
         index, ok, payload, stats = result
         future = self.futures[index]
         future.stats.update(stats, received=time.time())
-        if future.done():
-            return  # cancelled by the user meanwhile
+        if future.done():  # cancelled by the user meanwhile
+            self.settle(index, None, None)
+            return
         try:
+            if spill.is_reference(payload):
+                self.stored = True
+                payload = spill.unspill(payload)
             if ok:
                 value, error = serialize.loads(payload), None
             else:
                 value, error = None, _remote_exception(job, index, payload, stats)
-        except Exception as e:  # the result cannot be unpickled here
+        except Exception as e:  # the result cannot be read or unpickled here
             name = job.call_name(index)
             value, error = None, RemoteError(f"the result of call {name} cannot be loaded: {e!r}", name)
-        _settle(future, value, error)
+        self.settle(index, value, error)
 
     def on_lost(self, job: JobSpec, index: int, error: CallError) -> None:
         future = self.futures[index]
@@ -57,7 +81,22 @@ class _JobRun:
                 return
         if future.attempts > 1:
             error.add_note(f"call {job.call_name(index)} was tried {future.attempts} times")
-        _settle(future, None, error)
+        self.settle(index, None, error)
+
+    def settle(self, index: int, value: Any, error: BaseException | None) -> None:
+        future = self.futures[index]
+        with self._lock:
+            if self.args[index] is None and future.done():
+                return  # settled already
+            self.args[index] = None
+            self._unsettled -= 1
+            last = self._unsettled == 0
+        if last and self.stored:  # removed before the last future settles: a waiter then finds nothing left
+            try:
+                spill.remove(self.job.data_url)
+            except Exception as e:  # noqa: BLE001 - the results are safe; only clean-up failed
+                logger.warning("cloudbutton: could not remove the stored data of job %s: %s", self.job.key, e)
+        _settle(future, value, error)
 
 
 def _settle(future: ResponseFuture, value: Any, error: BaseException | None) -> None:
@@ -68,6 +107,23 @@ def _settle(future: ResponseFuture, value: Any, error: BaseException | None) -> 
             future.set_exception(error)
     except cf.InvalidStateError:
         pass  # the user cancelled it meanwhile
+
+
+def _when_all_done(futures: list[ResponseFuture], then) -> None:
+    """Call ``then()`` once, in the thread that settles the last of ``futures`` (now, if none is pending)."""
+    remaining, lock = [len(futures)], threading.Lock()
+
+    def one_done(_future) -> None:
+        with lock:
+            remaining[0] -= 1
+            last = remaining[0] == 0
+        if last:
+            then()
+
+    if not futures:
+        then()
+    for future in futures:
+        future.add_done_callback(one_done)
 
 
 def _remote_exception(job: JobSpec, index: int, payload: bytes, stats: dict) -> BaseException:
@@ -129,6 +185,9 @@ class FunctionExecutor:
         self.config = resolve_config(config, backend=backend, max_workers=max_workers, **overrides)
         self.executor_id = f"{secrets.token_hex(3)}-{next(_executor_ids)}"
         self.backend = get_backend_class(self.config.backend)(self.config)
+        self.storage_url = (self.config.storage_url or default_storage_url()).rstrip("/")
+        self._data_url = f"{self.storage_url}/cloudbutton-jobs/{self.executor_id}"
+        self._runs: list[_JobRun] = []
         self.futures: list[ResponseFuture] = []
         self._uncollected: list[ResponseFuture] = []
         self._jobs = itertools.count()
@@ -157,28 +216,136 @@ class FunctionExecutor:
         include_modules: list[str] | None = None,
         exclude_modules: list[str] | None = None,
         retries: int | None = None,
+        obj_chunk_size: int | None = None,
+        obj_chunk_number: int | None = None,
+        obj_newline: str | None = "\n",
     ) -> list[ResponseFuture]:
         """Run ``map_function`` once per item of ``map_iterdata``; return the futures in input order.
 
         An item that is a dict is passed as keyword arguments, a tuple or list as positional
-        arguments, anything else as the single argument; ``extra_args`` is appended to each."""
+        arguments, anything else as the single argument; ``extra_args`` is appended to each.
+
+        If ``map_function`` has a parameter named ``obj``, object references given for it (a URL,
+        a prefix, a glob, or a key under ``storage_url``; ``map_iterdata`` may be one such string)
+        become one call per partition: ``obj`` is then a :class:`~cloudbutton.partition.Partition`.
+        ``obj_chunk_size`` (bytes) or ``obj_chunk_number`` (parts per object) split objects, and
+        ``obj_newline`` (``None`` for binary data) aligns parts to whole lines."""
+        run, _ = self._map(
+            map_function, map_iterdata, extra_args, extra_env, runtime_memory, timeout, chunksize,
+            include_modules, exclude_modules, retries, obj_chunk_size, obj_chunk_number, obj_newline,
+        )
+        return run.futures
+
+    def map_reduce(
+        self,
+        map_function,
+        map_iterdata: Iterable,
+        reduce_function,
+        extra_args=None,
+        extra_env: dict[str, str] | None = None,
+        map_runtime_memory: int | None = None,
+        reduce_runtime_memory: int | None = None,
+        timeout: float | None = None,
+        chunksize: int | None = None,
+        obj_chunk_size: int | None = None,
+        obj_chunk_number: int | None = None,
+        obj_newline: str | None = "\n",
+        reducer_one_per_object: bool = False,
+        spawn_reducer: int | None = None,
+        include_modules: list[str] | None = None,
+        exclude_modules: list[str] | None = None,
+        retries: int | None = None,
+    ) -> list[ResponseFuture]:
+        """``map`` then ``reduce_function(results)`` over the map results (in input order); returns the
+        reducers' futures, so ``get_result()`` gives the reduced value.
+
+        With ``reducer_one_per_object``, each object of ``map_iterdata`` gets its own reducer over the
+        results of its partitions, and the reducers' futures come in the objects' order. A reducer
+        starts as soon as the last map it needs finishes (``spawn_reducer`` is accepted for Lithops
+        compatibility and has no effect). If a map call fails, its reducer fails with that error."""
+        if not callable(reduce_function):
+            raise TypeError(f"reduce_function must be callable, not {type(reduce_function).__name__}")
+        modules = serialize.by_value_modules(include_modules, exclude_modules)
+        reduce_bytes = serialize.dumps_function(reduce_function, modules)  # fails before any map runs
+        map_run, objects = self._map(
+            map_function, map_iterdata, extra_args, extra_env, map_runtime_memory, timeout, chunksize,
+            include_modules, exclude_modules, retries, obj_chunk_size, obj_chunk_number, obj_newline,
+            collected_later=True,
+        )
+        groups: dict[str | None, list[ResponseFuture]] = {}
+        if reducer_one_per_object:
+            if len(objects) != len(map_run.futures) or None in objects:
+                raise ValueError("reducer_one_per_object needs map_iterdata made of objects in storage "
+                                 "and a map function with a parameter named 'obj'")
+            for url, future in zip(objects, map_run.futures, strict=True):
+                groups.setdefault(url, []).append(future)
+        else:
+            groups[None] = map_run.futures
+        settings = self._settings(reduce_runtime_memory, timeout, None, retries)
+        reduce_run = self._new_job(reduce_function, len(groups), settings, extra_env, reduce_bytes, "R")
+        by_keyword = "results" in parameter_names(reduce_function)
+        for index, futures in enumerate(groups.values()):
+            _when_all_done(futures, functools.partial(self._reduce, reduce_run, index, futures, modules, by_keyword))
+        return reduce_run.futures
+
+    def _reduce(self, run: _JobRun, index: int, futures: list[ResponseFuture], modules, by_keyword: bool) -> None:
+        """Launch reducer ``index`` over the results of ``futures`` (all done), or fail it with theirs."""
+        try:
+            for future in futures:
+                error = None if future.cancelled() else future.exception()
+                if future.cancelled() or error is not None:
+                    if error is None:
+                        error = cf.CancelledError(f"map call {future.name} was cancelled")
+                    error.add_note(f"reducer {run.job.call_name(index)} did not run: map call "
+                                   f"{future.name} failed")
+                    run.settle(index, None, error)
+                    return
+            results = [f.result() for f in futures]
+            call = ((), {"results": results}) if by_keyword else ((results,), {})
+            args = serialize.dumps_arguments([call], modules, f"results reduced by {run.job.call_name(index)}:")
+            run.launch([(index, args[0])])
+        except Exception as e:  # noqa: BLE001 - e.g. unpicklable results: the reducer's outcome
+            run.settle(index, None, e)
+
+    def _settings(self, runtime_memory, timeout, chunksize, retries):
+        return self.config.with_overrides(
+            "map argument", runtime_memory=runtime_memory, timeout=timeout, chunksize=chunksize, retries=retries
+        )
+
+    def _map(
+        self, map_function, map_iterdata, extra_args, extra_env, runtime_memory, timeout, chunksize,
+        include_modules, exclude_modules, retries, obj_chunk_size, obj_chunk_number, obj_newline,
+        collected_later: bool = False,
+    ) -> tuple[_JobRun, list[str | None]]:
+        """Plan, pickle and launch a map; return its run and the object URL each call reads."""
         if self._closed:
             raise RuntimeError("cannot schedule new calls after the executor was shut down")
         if not callable(map_function):
             raise TypeError(f"map_function must be callable, not {type(map_function).__name__}")
-        settings = self.config.with_overrides(
-            "map argument", runtime_memory=runtime_memory, timeout=timeout, chunksize=chunksize, retries=retries
+        settings = self._settings(runtime_memory, timeout, chunksize, retries)
+        iterdata, objects = expand_objects(
+            map_function, map_iterdata, self.storage_url, obj_chunk_size, obj_chunk_number, obj_newline
         )
+        calls = plan_calls(iterdata, extra_args)
+        modules = serialize.by_value_modules(include_modules, exclude_modules)
+        args = serialize.dumps_arguments(calls, modules, "arguments of call")
+        function_bytes = serialize.dumps_function(map_function, modules)
+        run = self._new_job(map_function, len(calls), settings, extra_env, function_bytes, "M", collected_later)
+        if args:
+            run.launch(list(enumerate(args)))
+        return run, objects
+
+    def _new_job(
+        self, function, n_calls: int, settings, extra_env, function_bytes: bytes, kind: str, collected_later=False
+    ) -> _JobRun:
+        """A job of ``n_calls`` calls of ``function`` with their futures, not launched yet."""
         extra_env = _checked_env(extra_env)
         if self.config.backend == "local" and not self.config.state_url:
             extra_env = _with_embedded_state_url(extra_env)
-        calls = plan_calls(map_iterdata, extra_args)
-        modules = serialize.by_value_modules(include_modules, exclude_modules)
-        function_bytes = serialize.dumps_function(map_function, modules)
-        args = serialize.dumps_arguments(calls, modules, "arguments of call")
+        key = f"{self.executor_id}/{kind}{next(self._jobs):03d}"
         job = JobSpec(
-            key=f"{self.executor_id}/M{next(self._jobs):03d}",
-            function_name=getattr(map_function, "__qualname__", type(map_function).__name__),
+            key=key,
+            function_name=getattr(function, "__qualname__", type(function).__name__),
             function_key=hashlib.blake2b(function_bytes, digest_size=16).hexdigest(),
             function_bytes=function_bytes,
             extra_env=extra_env,
@@ -187,14 +354,17 @@ class FunctionExecutor:
             sys_path=tuple(sys.path),
             cwd=os.getcwd(),
             chunksize=settings.chunksize,
+            data_url=f"{self._data_url}/{key.rsplit('/', 1)[1]}",
+            storage_threshold=settings.storage_threshold,
         )
         condition, submitted = threading.Condition(), time.time()
-        futures = [ResponseFuture(job.key, i, job.function_name, condition, submitted) for i in range(len(calls))]
-        if futures:
-            self.backend.submit(job, list(enumerate(args)), _JobRun(self, futures, args, settings.retries))
+        futures = [ResponseFuture(job.key, i, job.function_name, condition, submitted) for i in range(n_calls)]
         self.futures += futures
-        self._uncollected += futures
-        return futures
+        if not collected_later:
+            self._uncollected += futures
+        run = _JobRun(self, job, futures, settings.retries)
+        self._runs.append(run)
+        return run
 
     # --- collecting -------------------------------------------------------------------------
 
@@ -230,7 +400,13 @@ class FunctionExecutor:
         return to_dataframe(self.stats(fs))
 
     def clean(self) -> None:
-        """Forget finished calls (their results and records) so their memory is freed."""
+        """Forget finished calls (their results and records) so their memory is freed, and remove
+        whatever data of finished jobs is left in storage."""
+        finished = [run for run in self._runs if all(f.done() for f in run.futures)]
+        for run in finished:
+            if run.stored:
+                spill.remove(run.job.data_url)
+        self._runs = [run for run in self._runs if run not in finished]
         self.futures = [f for f in self.futures if not f.done()]
         self._uncollected = [f for f in self._uncollected if not f.done()]
 
@@ -251,6 +427,8 @@ class FunctionExecutor:
         if wait:
             self.wait(throw_except=False, show_progressbar=False)
         self.backend.close()
+        if any(run.stored for run in self._runs):
+            spill.remove(self._data_url)
 
     def __enter__(self) -> FunctionExecutor:
         return self

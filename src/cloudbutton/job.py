@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -21,6 +23,8 @@ class JobSpec:
     sys_path: tuple[str, ...] | None = None  # the caller's, applied by same-machine workers
     cwd: str | None = None
     chunksize: int | None = None
+    data_url: str | None = None  # where arguments and results above storage_threshold are stored
+    storage_threshold: int | None = None
 
     def call_name(self, index: int) -> str:
         return f"{self.key}/{index:05d} ({self.function_name})"
@@ -66,3 +70,51 @@ def next_batch_size(remaining: int, workers: int, chunksize: int | None) -> int:
     if chunksize:
         return min(chunksize, remaining)
     return max(1, min(remaining // (2 * max(workers, 1)), 256))
+
+
+def parameter_names(func) -> list[str]:
+    try:
+        return list(inspect.signature(func).parameters)
+    except (TypeError, ValueError):  # e.g. some builtins have no signature
+        return []
+
+
+def _object_url(ref: str, storage_url: str) -> str:
+    """A URL as given; an absolute path as a local file; anything else is a key under ``storage_url``."""
+    if "://" in ref or os.path.isabs(ref):
+        return ref
+    return f"{storage_url.rstrip('/')}/{ref.lstrip('/')}"
+
+
+def expand_objects(
+    func, iterdata: Iterable, storage_url: str, chunk_size=None, chunk_number=None, newline="\n"
+) -> tuple[list, list[str | None]]:
+    """If ``func`` has a parameter named ``obj``, replace each object reference given for it (a URL,
+    prefix or glob; a key under ``storage_url``) by the partitions of the objects it names, one call
+    each, with the item's other arguments repeated. Returns the new iterdata and, per item, the URL
+    of the object it reads (None for items that read none)."""
+    params = parameter_names(func)
+    if "obj" not in params:
+        if chunk_size is not None or chunk_number is not None:
+            raise ValueError("obj_chunk_size and obj_chunk_number need a map function with a parameter named 'obj'")
+        return iterdata, []
+    from .partition import plan_partitions
+
+    position = params.index("obj")
+    items, objects = [], []
+    for item in [iterdata] if isinstance(iterdata, str) else iterdata:
+        if isinstance(item, str):
+            ref, rebuild = item, lambda part: {"obj": part}
+        elif isinstance(item, Mapping) and isinstance(item.get("obj"), str):
+            ref, rebuild = item["obj"], lambda part, item=item: {**item, "obj": part}
+        elif isinstance(item, tuple | list) and len(item) > position and isinstance(item[position], str):
+            ref = item[position]
+            rebuild = lambda part, item=item: (*item[:position], part, *item[position + 1 :])  # noqa: E731
+        else:
+            items.append(item)
+            objects.append(None)
+            continue
+        for part in plan_partitions(_object_url(ref, storage_url), chunk_size, chunk_number, newline):
+            items.append(rebuild(part))
+            objects.append(part.url)
+    return items, objects

@@ -17,7 +17,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from . import serialize
+from . import serialize, spill
 from .errors import SerializationError
 from .job import JobSpec
 
@@ -62,7 +62,6 @@ class Runtime:
         stats: dict[str, Any] = {
             "worker_id": self.worker_id,
             "cold_start": self.calls_run == 0,
-            "args_bytes": len(args_bytes),
             "started": time.time(),
         }
         self.calls_run += 1
@@ -75,6 +74,8 @@ class Runtime:
             if memory_limited:
                 _limit_memory(job.runtime_memory)
             func = self.function(job)
+            args_bytes = spill.unspill(args_bytes)
+            stats["args_bytes"] = len(args_bytes)
             args, kwargs = serialize.loads(args_bytes)
             result = func(*args, **kwargs)
             payload, ok = _dumps_result(job, index, result), True
@@ -86,9 +87,14 @@ class Runtime:
             if memory_limited:
                 _limit_memory(None)
             _apply_env(saved_env)
+        stats["result_bytes"] = len(payload) if ok else 0
+        if job.data_url and job.storage_threshold and len(payload) > job.storage_threshold:
+            try:
+                payload = spill.spill(payload, f"{job.data_url}/results/{index:05d}")
+            except Exception as e:  # noqa: BLE001 - the call's outcome is this error instead
+                payload, ok = _pack_exception(e), False
         stats["finished"] = time.time()
         stats["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-        stats["result_bytes"] = len(payload) if ok else 0
         return index, ok, payload, stats
 
 

@@ -1,0 +1,54 @@
+"""Large call arguments and results travel through storage instead of the control channel.
+
+A payload above the job's ``storage_threshold`` is written to an object under the job's data URL
+and replaced by a short reference: ``MARK`` followed by the object's URL. Pickles start with
+``0x80``, so a reference is never mistaken for one. The caller removes a job's objects once all
+of its calls are settled, so a job leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+from .errors import StorageError
+
+MARK = b"cloudbutton-stored:"
+
+
+def spill(data: bytes, url: str) -> bytes:
+    """Write ``data`` to ``url``; return the reference that stands for it."""
+    from .storage import filesystem  # imported when needed: fsspec costs workers' start-up otherwise
+
+    fs, path = filesystem(url)
+    try:
+        fs.pipe_file(path, data)
+    except OSError as e:
+        raise StorageError(f"cannot write {len(data)} bytes of call data to {url}: {e}") from e
+    return MARK + url.encode()
+
+
+def is_reference(payload: bytes) -> bool:
+    return payload[: len(MARK)] == MARK
+
+
+def unspill(payload: bytes) -> bytes:
+    """The bytes ``payload`` stands for: itself, or the object a reference names."""
+    if not is_reference(payload):
+        return payload
+    from .storage import filesystem
+
+    url = payload[len(MARK) :].decode()
+    fs, path = filesystem(url)
+    try:
+        return fs.cat_file(path)
+    except OSError as e:  # FileNotFoundError included
+        raise StorageError(f"cannot read call data from {url}: {e}") from e
+
+
+def remove(url: str) -> None:
+    """Remove everything under ``url`` (a job's or an executor's data); missing is fine."""
+    from .storage import filesystem
+
+    fs, path = filesystem(url)
+    try:
+        fs.rm(path, recursive=True)
+    except FileNotFoundError:
+        pass

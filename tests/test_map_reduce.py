@@ -1,0 +1,193 @@
+"""map over objects in storage, map_reduce, and large arguments/results travelling through storage."""
+
+import os
+from collections import Counter
+
+import pytest
+
+from cloudbutton import FunctionExecutor
+from cloudbutton.errors import StorageError
+from cloudbutton.partition import Partition
+
+TEXT = "".join(f"line {i} {'word ' * (i % 7)}end\n" for i in range(300))
+
+
+@pytest.fixture(scope="module")
+def storage_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("storage")
+
+
+@pytest.fixture(scope="module")
+def books(storage_dir):
+    """Three objects under the prefix ``books/`` of the executor's storage, plus an unrelated one."""
+    folder = storage_dir / "books"
+    folder.mkdir()
+    texts = {"a.txt": TEXT, "b.txt": TEXT[:1000] + "no final newline", "c.txt": ""}
+    for name, text in texts.items():
+        (folder / name).write_text(text)
+    (storage_dir / "other.log").write_text("x\n")
+    return {f"file://{folder / name}": text for name, text in texts.items()}
+
+
+@pytest.fixture(scope="module")
+def sfexec(storage_dir):
+    with FunctionExecutor(max_workers=2, storage_url=f"file://{storage_dir}") as executor:
+        yield executor
+
+
+def lines_of(obj):
+    return obj.data_stream.read().decode().splitlines(keepends=True)
+
+
+def count_words(obj):
+    return Counter(obj.data_stream.read().split())
+
+
+def merge(results):
+    return sum(results, Counter())
+
+
+def describe(obj, tag):
+    return obj.key.rsplit("/", 1)[1], obj.part, tag
+
+
+def test_map_over_a_prefix_gives_one_call_per_partition_and_every_line_once(sfexec, books):
+    futures = sfexec.map(lines_of, "books/", obj_chunk_size=512)
+    parts = sfexec.get_result(futures)
+    assert len(futures) > len(books)  # the big object was split
+    assert "".join(line for part in parts for line in part) == "".join(books[url] for url in sorted(books))
+
+
+def test_obj_chunk_number_splits_each_object_into_that_many_parts(sfexec, books):
+    url = sorted(books)[0]
+    parts = sfexec.get_result(sfexec.map(lines_of, [url], obj_chunk_number=4))
+    assert len(parts) == 4
+    assert "".join(line for part in parts for line in part) == books[url]
+
+
+def test_objects_given_in_dicts_and_tuples_keep_their_other_arguments(sfexec, books):
+    a, b = sorted(books)[:2]
+    by_dict = sfexec.get_result(sfexec.map(describe, [{"obj": a, "tag": 1}, {"obj": b, "tag": 2}]))
+    by_tuple = sfexec.get_result(sfexec.map(describe, [(a, 1), (b, 2)], obj_chunk_number=2))
+    assert by_dict == [("a.txt", 0, 1), ("b.txt", 0, 2)]
+    assert by_tuple == [("a.txt", 0, 1), ("a.txt", 1, 1), ("b.txt", 0, 2), ("b.txt", 1, 2)]
+
+
+def test_a_glob_names_only_the_matching_objects(sfexec, books, storage_dir):
+    results = sfexec.get_result(sfexec.map(describe, [(f"{storage_dir}/books/*.txt", "g")]))
+    assert [r[0] for r in results] == ["a.txt", "b.txt", "c.txt"]
+
+
+def test_the_function_receives_a_partition_that_reads_only_its_range(sfexec, books):
+    url = sorted(books)[0]
+    parts = sfexec.get_result(sfexec.map(lambda obj: obj, [url], obj_chunk_size=1000, obj_newline=None))
+    assert all(isinstance(p, Partition) for p in parts)
+    assert [p.data_byte_range for p in parts][:2] == [(0, 1000), (1000, 2000)]
+    assert b"".join(p.data_stream.read() for p in parts) == books[url].encode()
+
+
+def test_map_reduce_counts_words_like_a_single_process(sfexec, books):
+    futures = sfexec.map_reduce(count_words, "books/", merge, obj_chunk_size=300)
+    assert len(futures) == 1
+    expected = Counter("".join(books.values()).encode().split())
+    assert sfexec.get_result() == expected  # get_result() gives the reducer's value, not the maps'
+    assert futures[0].result() == expected
+
+
+def test_one_reducer_per_object_reduces_only_that_objects_results(sfexec, books):
+    futures = sfexec.map_reduce(count_words, "books/", merge, obj_chunk_size=300, reducer_one_per_object=True)
+    assert sfexec.get_result(futures) == [Counter(books[url].encode().split()) for url in sorted(books)]
+
+
+def test_map_reduce_over_plain_values_and_a_reducer_taking_results_by_keyword(sfexec):
+    def total(results, scale=1):
+        return sum(results) * scale
+
+    assert sfexec.get_result(sfexec.map_reduce(lambda x: x * x, range(50), total)) == [sum(x * x for x in range(50))]
+    assert sfexec.get_result(sfexec.map_reduce(abs, [], total)) == [0]
+
+
+def test_a_failing_map_fails_its_reducer_with_that_error(sfexec):
+    def check(x):
+        if x == 3:
+            raise ValueError(f"bad item {x}")
+        return x
+
+    futures = sfexec.map_reduce(check, range(6), sum)
+    with pytest.raises(ValueError, match="bad item 3") as caught:
+        sfexec.get_result(futures)
+    assert any("did not run" in note for note in caught.value.__notes__)
+
+
+def test_reducer_one_per_object_needs_objects(sfexec):
+    with pytest.raises(ValueError, match="reducer_one_per_object"):
+        sfexec.map_reduce(abs, [1, 2], sum, reducer_one_per_object=True)
+
+
+def test_bad_object_references_and_chunk_options_fail_before_anything_runs(sfexec, books, storage_dir):
+    url = sorted(books)[0]
+    with pytest.raises(StorageError, match="no objects at .*missing/"):
+        sfexec.map(lines_of, "missing/")
+    with pytest.raises(StorageError, match="nothing-here"):
+        sfexec.map(lines_of, [f"file://{storage_dir}/nothing-here.txt"])
+    for bad in (0, -5, 1.5):
+        with pytest.raises(ValueError, match="chunk_size"):
+            sfexec.map(lines_of, [url], obj_chunk_size=bad)
+    with pytest.raises(ValueError, match="not both"):
+        sfexec.map(lines_of, [url], obj_chunk_size=10, obj_chunk_number=2)
+    with pytest.raises(ValueError, match="parameter named 'obj'"):
+        sfexec.map(abs, [1], obj_chunk_size=10)
+
+
+def grow_then_read(obj, path):
+    with open(path, "a") as f:
+        f.write("appended after planning\n")
+    return obj.data_stream.read()
+
+
+def test_an_object_that_changes_size_during_the_job_is_detected(sfexec, storage_dir):
+    path = storage_dir / "growing.txt"
+    path.write_text("first\n")
+    with pytest.raises(StorageError, match="changed size"):
+        sfexec.get_result(sfexec.map(grow_then_read, [(f"file://{path}", str(path))]))
+
+
+# --- large arguments and results ------------------------------------------------------------
+
+
+def sizes_and_stored_objects(data, storage_dir):
+    stored = sorted(os.path.relpath(os.path.join(d, f), storage_dir) for d, _, fs in os.walk(storage_dir) for f in fs)
+    return len(data), [s for s in stored if s.startswith("cloudbutton-jobs")]
+
+
+def test_large_arguments_and_results_travel_through_storage_and_are_removed(tmp_path):
+    storage = tmp_path / "store"
+    with FunctionExecutor(max_workers=2, storage_url=f"file://{storage}", storage_threshold=10_000) as fexec:
+        futures = fexec.map(sizes_and_stored_objects, [(b"x" * 50_000, str(storage)), (b"y", str(storage))])
+        (big, stored_big), (small, stored_small) = fexec.get_result(futures)
+        assert (big, small) == (50_000, 1)
+        assert len(stored_big) == 1 and stored_big[0].endswith("args/00000")  # seen by the call itself
+        assert futures[0].stats["args_bytes"] > 50_000 > futures[1].stats["args_bytes"]
+
+        result = fexec.get_result(fexec.call_async(lambda n: b"z" * n, 200_000))
+        assert result == b"z" * 200_000
+        assert [p for p in storage.rglob("*") if p.is_file()] == []  # nothing left once the calls are settled
+
+
+def length_after_removing(data, path):
+    if path:
+        import shutil
+
+        shutil.rmtree(os.path.join(path, "cloudbutton-jobs"))
+    return len(data)
+
+
+def test_stored_arguments_missing_when_a_call_starts_is_a_storage_error(tmp_path):
+    storage = tmp_path / "store"
+    with FunctionExecutor(max_workers=1, storage_url=f"file://{storage}", storage_threshold=1000) as fexec:
+        # one batch on one worker: the first call removes the stored arguments of the second
+        futures = fexec.map(length_after_removing, [(b"a", str(storage)), (b"b" * 5000, None)], chunksize=2)
+        first, second = fexec.get_result(futures, throw_except=False)
+    assert first == 1
+    assert isinstance(second, StorageError) and "cannot read call data" in str(second)
+    assert "args/00001" in str(second)
