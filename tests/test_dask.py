@@ -174,9 +174,9 @@ class _Sink:
     def __init__(self):
         self.outcomes, self.lock = [], threading.Lock()
 
-    def on_result(self, job, result):
+    def on_results(self, job, results):
         with self.lock:
-            self.outcomes.append((result[0], result))
+            self.outcomes += [(result[0], result) for result in results]
 
     def on_lost(self, job, index, error):
         with self.lock:

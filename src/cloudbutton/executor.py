@@ -20,7 +20,7 @@ from . import serialize, spill
 from .backends import get_backend_class
 from .config import resolve_config
 from .errors import CallError, MemoryLimitError, RemoteError, WorkerLostError
-from .futures import ALL_COMPLETED, ResponseFuture, as_list, get_result, wait
+from .futures import ALL_COMPLETED, ResponseFuture, as_list, get_result, settle, wait
 from .job import JobSpec, expand_objects, parameter_names, plan_calls
 from .stats import summary_rows, to_dataframe
 from .storage import default_storage_url
@@ -51,25 +51,27 @@ class _JobRun:
             self.args[index] = data
         self.executor.backend.submit(job, calls, self)
 
-    def on_result(self, job: JobSpec, result: tuple[int, bool, bytes, dict]) -> None:
-        index, ok, payload, stats = result
-        future = self.futures[index]
-        future.stats.update(stats, received=time.time())
-        if future.done():  # cancelled by the user meanwhile
-            self.settle(index, None, None)
-            return
-        try:
-            if spill.is_reference(payload):
-                self.stored = True
-                payload = spill.unspill(payload)
-            if ok:
-                value, error = serialize.loads(payload), None
-            else:
-                value, error = None, _remote_exception(job, index, payload, stats)
-        except Exception as e:  # the result cannot be read or unpickled here
-            name = job.call_name(index)
-            value, error = None, RemoteError(f"the result of call {name} cannot be loaded: {e!r}", name)
-        self.settle(index, value, error)
+    def on_results(self, job: JobSpec, results: list[tuple[int, bool, bytes, dict]]) -> None:
+        received, outcomes = time.time(), []
+        for index, ok, payload, stats in results:
+            future = self.futures[index]
+            future.stats.update(stats, received=received)
+            if future.done():  # cancelled by the user meanwhile
+                outcomes.append((index, None, None))
+                continue
+            try:
+                if spill.is_reference(payload):
+                    self.stored = True
+                    payload = spill.unspill(payload)
+                if ok:
+                    value, error = serialize.loads(payload), None
+                else:
+                    value, error = None, _remote_exception(job, index, payload, stats)
+            except Exception as e:  # the result cannot be read or unpickled here
+                name = job.call_name(index)
+                value, error = None, RemoteError(f"the result of call {name} cannot be loaded: {e!r}", name)
+            outcomes.append((index, value, error))
+        self.settle(outcomes)
 
     def on_lost(self, job: JobSpec, index: int, error: CallError) -> None:
         future = self.futures[index]
@@ -81,32 +83,25 @@ class _JobRun:
                 return
         if future.attempts > 1:
             error.add_note(f"call {job.call_name(index)} was tried {future.attempts} times")
-        self.settle(index, None, error)
+        self.settle([(index, None, error)])
 
-    def settle(self, index: int, value: Any, error: BaseException | None) -> None:
-        future = self.futures[index]
+    def settle(self, outcomes: list[tuple[int, Any, BaseException | None]]) -> None:
+        """Settle calls ``(index, value, error)``; the first outcome of a call counts."""
         with self._lock:
-            if self.args[index] is None and future.done():
-                return  # settled already
-            self.args[index] = None
-            self._unsettled -= 1
-            last = self._unsettled == 0
+            fresh = []
+            for index, value, error in outcomes:
+                if self.args[index] is None and self.futures[index].done():
+                    continue  # settled already
+                self.args[index] = None
+                fresh.append((self.futures[index], value, error))
+            self._unsettled -= len(fresh)
+            last = self._unsettled == 0 and fresh
         if last and self.stored:  # removed before the last future settles: a waiter then finds nothing left
             try:
                 spill.remove(self.job.data_url)
             except Exception as e:  # noqa: BLE001 - the results are safe; only clean-up failed
                 logger.warning("cloudbutton: could not remove the stored data of job %s: %s", self.job.key, e)
-        _settle(future, value, error)
-
-
-def _settle(future: ResponseFuture, value: Any, error: BaseException | None) -> None:
-    try:
-        if error is None:
-            future.set_result(value)
-        else:
-            future.set_exception(error)
-    except cf.InvalidStateError:
-        pass  # the user cancelled it meanwhile
+        settle(fresh)
 
 
 def _when_all_done(futures: list[ResponseFuture], then) -> None:
@@ -298,14 +293,14 @@ class FunctionExecutor:
                         error = cf.CancelledError(f"map call {future.name} was cancelled")
                     error.add_note(f"reducer {run.job.call_name(index)} did not run: map call "
                                    f"{future.name} failed")
-                    run.settle(index, None, error)
+                    run.settle([(index, None, error)])
                     return
             results = [f.result() for f in futures]
             call = ((), {"results": results}) if by_keyword else ((results,), {})
             args = serialize.dumps_arguments([call], modules, f"results reduced by {run.job.call_name(index)}:")
             run.launch([(index, args[0])])
         except Exception as e:  # noqa: BLE001 - e.g. unpicklable results: the reducer's outcome
-            run.settle(index, None, e)
+            run.settle([(index, None, e)])
 
     def _settings(self, runtime_memory, timeout, chunksize, retries):
         return self.config.with_overrides(

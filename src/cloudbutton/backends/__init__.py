@@ -32,8 +32,9 @@ known_backends = {
 class ResultSink(Protocol):
     """Where a backend delivers the outcome of each call it was given (from any thread)."""
 
-    def on_result(self, job: JobSpec, result: tuple[int, bool, bytes, dict]) -> None:
-        """A call ran: ``result`` is what ``Runtime.run_call`` returned."""
+    def on_results(self, job: JobSpec, results: list[tuple[int, bool, bytes, dict]]) -> None:
+        """Calls ran: each result is what ``Runtime.run_call`` returned (deliver them in groups when
+        they arrive together: settling many futures at once costs less than one at a time)."""
 
     def on_lost(self, job: JobSpec, index: int, error: CallError) -> None:
         """A call did not finish: its worker died or it exceeded its timeout."""
@@ -53,7 +54,7 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def submit(self, job: JobSpec, calls: list[tuple[int, bytes]], sink: ResultSink) -> None:
         """Queue ``calls`` (index, pickled arguments) of ``job`` and return at once; every call must
-        later reach ``sink.on_result`` or ``sink.on_lost`` exactly once."""
+        later reach ``sink.on_results`` or ``sink.on_lost`` exactly once."""
 
     def close(self) -> None:  # noqa: B027 - optional for backends that start nothing
         """Stop what this backend started."""

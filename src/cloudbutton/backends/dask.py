@@ -6,7 +6,7 @@ Each batch of calls is one Dask task running ``cloudbutton.worker.run_batch`` (t
 runtime); Dask does the scheduling. When a task is done, its future's done callback hands it to a
 few threads of ours that fetch its results and deliver them to the sink, so neither the client's
 event loop nor Dask's one callback thread ever waits for a sink or a fetch. Every call reaches
-``sink.on_result`` or ``sink.on_lost`` exactly once: whoever takes a task out of ``_tasks`` (under
+``sink.on_results`` or ``sink.on_lost`` exactly once: whoever takes a task out of ``_tasks`` (under
 the lock) reports its calls.
 
 Failures:
@@ -337,8 +337,7 @@ class DaskBackend(Backend):
             except Exception as e:
                 self._failed(task, e.with_traceback(None))
             else:
-                for result in results:
-                    task.sink.on_result(task.job, result)
+                task.sink.on_results(task.job, results)
         except Exception:
             logger.exception("cloudbutton: delivering the outcome of dask task %s failed", future.key)
         finally:

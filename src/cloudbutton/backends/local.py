@@ -274,21 +274,21 @@ class WorkerPool:
         """Deliver what ``w`` sent; return whether it has closed its end (died)."""
         messages, eof = w.receive()
         for message in messages:
-            for result in pickle.loads(message):
-                self._deliver(w, result)
+            self._deliver(w, pickle.loads(message))
         return eof
 
-    def _deliver(self, w: _Worker, result) -> None:
+    def _deliver(self, w: _Worker, results: list) -> None:
+        """Deliver the results of one message (a worker groups results of the batch it runs)."""
         w.delivered = True
         self._start_failures = 0
         batch = w.batch
-        batch.done += 1
-        w.retiring = w.retiring or result[3].get("memory_exceeded", False)
+        batch.done += len(results)
+        w.retiring = w.retiring or any(r[3].get("memory_exceeded", False) for r in results)
         if batch.done == len(batch.calls):
             w.batch = None
             if w.retiring:
                 self._retire(w)
-        batch.sink.on_result(batch.job, result)
+        batch.sink.on_results(batch.job, results)
 
     def _retire(self, w: _Worker) -> None:
         try:
