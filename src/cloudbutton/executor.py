@@ -155,11 +155,18 @@ def _checked_env(extra_env) -> dict[str, str | None] | None:
     return env
 
 
-def _with_embedded_state_url(extra_env: dict | None) -> dict | None:
-    """Point calls at this process's embedded state server, if it runs, so that a state object a call
-    creates by name (``AtomicInt("hits")``) is the caller's, not one of a server of the worker's own."""
-    server = sys.modules.get("cloudbutton.state.server")
-    url = server.running_url() if server else None
+def _with_state_url(extra_env: dict | None, configured: str | None, function_bytes: bytes) -> dict | None:
+    """Point calls at the caller's state server, so that a state object a call creates by name
+    (``AtomicInt("hits")``) is the caller's: the configured one, else the embedded server if it runs,
+    or is started now because the function uses ``cloudbutton.state``. Workers never start one."""
+    url = configured
+    if url is None:
+        server = sys.modules.get("cloudbutton.state.server")
+        url = server.running_url() if server else None
+        if url is None and b"cloudbutton.state" in function_bytes:
+            from .state.server import embedded_url
+
+            url = embedded_url()
     if url is None:
         return extra_env
     return {"CLOUDBUTTON_STATE_URL": url, **(extra_env or {})}
@@ -334,9 +341,7 @@ class FunctionExecutor:
         self, function, n_calls: int, settings, extra_env, function_bytes: bytes, kind: str, collected_later=False
     ) -> _JobRun:
         """A job of ``n_calls`` calls of ``function`` with their futures, not launched yet."""
-        extra_env = _checked_env(extra_env)
-        if self.config.backend == "local" and not self.config.state_url:
-            extra_env = _with_embedded_state_url(extra_env)
+        extra_env = _with_state_url(_checked_env(extra_env), self.config.state_url, function_bytes)
         key = f"{self.executor_id}/{kind}{next(self._jobs):03d}"
         job = JobSpec(
             key=key,

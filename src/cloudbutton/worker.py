@@ -23,6 +23,13 @@ from .job import JobSpec
 
 _MB = 2**20
 
+_calls = threading.local()
+
+
+def in_call() -> bool:
+    """Whether this thread is running a call: calls use their caller's state server, never one of their own."""
+    return getattr(_calls, "running", False)
+
 
 class Runtime:
     """Runs calls in this process; caches each job's function so it is unpickled once."""
@@ -67,6 +74,7 @@ class Runtime:
         self.calls_run += 1
         saved_env = None
         memory_limited = self.enforce_memory and job.runtime_memory is not None
+        _calls.running = True
         try:
             if job.cwd is not None:
                 _enter(job.cwd)  # every call starts in the caller's directory, even if the last one left it
@@ -84,6 +92,7 @@ class Runtime:
             if memory_limited and isinstance(e, MemoryError):
                 stats["memory_exceeded"] = True
         finally:
+            _calls.running = False
             if memory_limited:
                 _limit_memory(None)
             _apply_env(saved_env)
@@ -261,4 +270,6 @@ def main(fd: int, progress_fd: int, parent_pid: int) -> None:
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))
+    from cloudbutton.worker import main as run  # the module itself, not this copy run as __main__
+
+    run(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]))
