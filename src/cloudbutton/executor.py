@@ -236,7 +236,7 @@ class FunctionExecutor:
             map_function, map_iterdata, extra_args, extra_env, runtime_memory, timeout, chunksize,
             include_modules, exclude_modules, retries, obj_chunk_size, obj_chunk_number, obj_newline,
         )
-        return run.futures
+        return list(run.futures)  # a copy: the caller may reorder it
 
     def map_reduce(
         self,
@@ -288,7 +288,7 @@ class FunctionExecutor:
         by_keyword = "results" in parameter_names(reduce_function)
         for index, futures in enumerate(groups.values()):
             _when_all_done(futures, functools.partial(self._reduce, reduce_run, index, futures, modules, by_keyword))
-        return reduce_run.futures
+        return list(reduce_run.futures)
 
     def _reduce(self, run: _JobRun, index: int, futures: list[ResponseFuture], modules, by_keyword: bool) -> None:
         """Launch reducer ``index`` over the results of ``futures`` (all done), or fail it with theirs."""

@@ -1,0 +1,230 @@
+"""A ``concurrent.futures.Executor`` whose calls run on a cloudbutton backend.
+
+    from cloudbutton.concurrent import ServerlessExecutor   # instead of ProcessPoolExecutor
+
+    with ServerlessExecutor(max_workers=4) as executor:
+        print(list(executor.map(pow, [2, 3], [5, 2])))       # [32, 9]
+
+This module is also imported by worker processes (they unpickle ``_Task`` from it), so it imports
+the executor machinery only when an executor is created.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import itertools
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from .errors import CloudbuttonError
+
+__all__ = ["InitializerError", "ServerlessExecutor"]
+
+
+class InitializerError(CloudbuttonError, BrokenProcessPool):
+    """The ``initializer`` of a ``ServerlessExecutor`` or ``Pool`` raised in a worker: the calls that
+    needed it fail with this error, and so does every later submission. It is a ``BrokenProcessPool``
+    (and so a ``concurrent.futures.BrokenExecutor``), as ProcessPoolExecutor raises in that case."""
+
+
+# --- the worker side ------------------------------------------------------------------------
+
+_initialized: dict[tuple[str, int], tuple[dict | None, tuple[str, BaseException] | None]] = {}
+"""In a worker process: (initializer token, id of its globals) -> (those globals, kept so that the id
+stays theirs; None once the initializer ran, or (message, exception) if it raised)."""
+
+
+class _Initializer:
+    """An executor's ``initializer(*initargs)``, run once per worker process before its first call.
+
+    Workers are shared by executors and reused, so each executor's initializer has a token of its
+    own. A function shipped by value (from the user's own files) gets fresh globals each time it is
+    unpickled, so such an initializer runs once per worker for each function it precedes: the
+    globals it sets are then the ones that function sees, as in a process of ProcessPoolExecutor."""
+
+    def __init__(self, initializer: Callable, initargs: tuple):
+        self.initializer, self.initargs = initializer, tuple(initargs)
+        self.token = secrets.token_hex(8)
+
+    def ensure(self) -> None:
+        namespace = getattr(self.initializer, "__globals__", None)
+        key = (self.token, id(namespace))
+        if key not in _initialized:
+            failure = None
+            try:
+                self.initializer(*self.initargs)
+            except BaseException as e:  # noqa: BLE001 - SystemExit too: the worker must survive it
+                name = getattr(self.initializer, "__qualname__", repr(self.initializer))
+                failure = (f"the initializer {name} raised {type(e).__name__}: {e} in worker process {os.getpid()}", e)
+            _initialized[key] = (namespace, failure)
+        failure = _initialized[key][1]
+        if failure is not None:
+            message, cause = failure
+            raise InitializerError(message) from cause
+
+
+class _Task:
+    """The user's function as shipped to workers: runs the initializer first, if there is one.
+
+    With ``chunked``, one call runs the function over a list of items and returns the list of
+    results (as ``multiprocessing.Pool`` and ``ProcessPoolExecutor.map`` send chunks); each item is
+    the single argument, or with ``star`` a tuple of arguments."""
+
+    def __init__(self, fn: Callable, init: _Initializer | None, chunked: bool = False, star: bool = False):
+        if not callable(fn):
+            raise TypeError(f"{type(fn).__name__!r} object is not callable")
+        self.fn, self.init, self.chunked, self.star = fn, init, chunked, star
+        self.__qualname__ = getattr(fn, "__qualname__", type(fn).__name__)  # names the calls in errors
+
+    def __call__(self, *args, **kwargs):
+        if self.init is not None:
+            self.init.ensure()
+        if self.chunked:
+            fn = self.fn
+            return [fn(*item) for item in args[0]] if self.star else [fn(item) for item in args[0]]
+        return self.fn(*args, **kwargs)
+
+
+# --- the caller side ------------------------------------------------------------------------
+
+
+def _chunks(items: list, size: int) -> list[tuple[list]]:
+    return [(items[i : i + size],) for i in range(0, len(items), size)]
+
+
+class _Runner:
+    """What ``ServerlessExecutor``, ``multiprocessing.Pool`` and ``Process`` share: a FunctionExecutor,
+    the initializer, the broken state after it failed, and forgetting finished calls as they pile up."""
+
+    def __init__(self, max_workers=None, initializer=None, initargs=(), backend=None, config=None, **overrides):
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        from .executor import FunctionExecutor
+
+        self.fexec = FunctionExecutor(backend=backend, max_workers=max_workers, config=config, **overrides)
+        self.init = None if initializer is None else _Initializer(initializer, initargs)
+        self.closed = False
+        self.broken: str | None = None  # why, once an initializer failed
+        self._lock = threading.Lock()
+        self._clean_at = 10_000
+
+    @property
+    def workers(self) -> int:
+        return self.fexec.backend.workers
+
+    def task(self, fn: Callable, chunked: bool = False, star: bool = False) -> _Task:
+        return _Task(fn, self.init, chunked, star)
+
+    def submit(self, task: _Task, items: list[tuple], kwargs: dict | None = None) -> list[cf.Future]:
+        """One call per item (a tuple of positional arguments; ``kwargs`` go to each); returns futures."""
+        with self._lock:
+            if self.broken:
+                raise InitializerError(f"{self.broken}; this executor can no longer be used")
+            if self.closed:
+                raise RuntimeError("cannot schedule new calls after shutdown")
+            futures = self.fexec.map(task, items, extra_args=kwargs or None)
+            if len(self.fexec.futures) >= self._clean_at:  # a long-lived executor must not keep every call
+                self.fexec.clean()
+                self._clean_at = 2 * len(self.fexec.futures) + 10_000
+        if self.init is not None:
+            for f in futures:
+                f.add_done_callback(self._check_initializer)
+        return futures
+
+    def _check_initializer(self, future: cf.Future) -> None:
+        """Once an initializer failed, fail every pending call, as a broken ProcessPoolExecutor does."""
+        error = None if future.cancelled() else future.exception()
+        if not isinstance(error, InitializerError) or self.broken:
+            return
+        self.broken = str(error)
+        for f in list(self.fexec.futures):
+            if not f.done():
+                try:
+                    f.set_exception(InitializerError(f"{self.broken}; the executor broke before this call ran"))
+                except cf.InvalidStateError:
+                    pass  # it finished meanwhile
+
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
+        with self._lock:
+            self.closed = True
+        if wait or cancel_futures:
+            self.fexec.shutdown(wait=wait, cancel_futures=cancel_futures)
+        else:  # the calls still run; the backend is released once they are done
+            threading.Thread(target=self.fexec.shutdown, name="cloudbutton-shutdown", daemon=True).start()
+
+
+class ServerlessExecutor(cf.Executor):
+    """``concurrent.futures.ProcessPoolExecutor``'s interface over a cloudbutton backend.
+
+    ``max_workers``: calls running at once (default: the backend's). ``initializer(*initargs)`` runs
+    once in each worker process before its first call of this executor (an initializer from your own
+    files, shipped by value, runs once per worker for each function submitted, so that the globals it
+    sets are those the function sees); if it raises, the calls fail with ``InitializerError`` (a
+    ``BrokenProcessPool``) and so does every later ``submit``. ``backend``, ``config`` and
+    ``**overrides`` are those of ``FunctionExecutor``.
+
+    Differences from ProcessPoolExecutor: a worker that dies fails only the call it ran
+    (``WorkerLostError``), and the executor stays usable; ``shutdown(cancel_futures=True)`` also
+    cancels calls already running (their results are discarded); calls queued when an initializer
+    failed may still run on other workers, their results discarded.
+    """
+
+    def __init__(
+        self, max_workers: int | None = None, initializer: Callable | None = None, initargs: tuple = (),
+        backend: str | None = None, config=None, **overrides: Any,
+    ):
+        if max_workers is not None and max_workers <= 0:
+            raise ValueError("max_workers must be greater than 0")
+        self._runner = _Runner(max_workers, initializer, initargs, backend, config, **overrides)
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> cf.Future:
+        """Run ``fn(*args, **kwargs)`` once; return its future."""
+        return self._runner.submit(self._runner.task(fn), [args], kwargs)[0]
+
+    def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None, chunksize: int = 1) -> Iterator:
+        """Like ``map(fn, *iterables)``; every call is submitted at once, results come in order.
+
+        The iterator raises a call's exception when it reaches it, and ``TimeoutError`` if a result
+        is not ready ``timeout`` seconds after ``map`` was called. ``chunksize`` > 1 sends that many
+        items per call (fewer, bigger calls: faster for quick functions)."""
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        end = None if timeout is None else time.monotonic() + timeout
+        items = list(zip(*iterables, strict=False))  # as map(): up to the shortest
+        if chunksize == 1:
+            futures = self._runner.submit(self._runner.task(fn), items)
+        else:
+            futures = self._runner.submit(self._runner.task(fn, chunked=True, star=True), _chunks(items, chunksize))
+        results = _results_in_order(futures, end)
+        return results if chunksize == 1 else itertools.chain.from_iterable(results)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """No more submissions; with ``cancel_futures`` cancel the calls not finished; with ``wait``
+        return once the rest are done (else at once; the backend is released when they are)."""
+        self._runner.shutdown(wait, cancel_futures)
+
+    @property
+    def executor(self):
+        """The underlying ``FunctionExecutor`` (for its ``stats()``, ``job_summary()``, ...)."""
+        return self._runner.fexec
+
+
+def _results_in_order(futures: list[cf.Future], end: float | None) -> Iterator:
+    """Yields results as ``Executor.map`` does; leaving it early cancels the calls not yet yielded."""
+    futures = futures[::-1]  # a copy: the executor keeps the list it returned
+    try:
+        while futures:
+            future = futures.pop()
+            try:
+                result = future.result(None if end is None else end - time.monotonic())
+            finally:
+                future.cancel()  # when it timed out (a no-op if it is done)
+            yield result
+    finally:
+        for future in futures:
+            future.cancel()

@@ -1,0 +1,33 @@
+"""A drop-in for ``multiprocessing``: ``Pool`` and ``Process`` whose work runs as calls on a
+cloudbutton backend (local worker processes by default, a Dask cluster, serverless containers).
+
+    from cloudbutton import multiprocessing as mp      # instead of: import multiprocessing as mp
+
+    with mp.Pool() as pool:
+        print(pool.map(abs, [-1, -2]))                 # [1, 2]
+
+Functions and their arguments are pickled to the workers, as with the 'spawn' start method, but
+the main module is never re-imported, so no ``if __name__ == "__main__":`` guard is needed. What
+cannot work on workers that share no memory with the caller (``shared_memory``, ``RawArray``, the
+'fork' start method) raises ``NotImplementedError`` naming the alternative.
+"""
+
+from multiprocessing import AuthenticationError, BufferTooShort, ProcessError, TimeoutError
+
+from .context import (
+    cpu_count,
+    freeze_support,
+    get_all_start_methods,
+    get_context,
+    get_start_method,
+    set_start_method,
+)
+from .pool import Pool
+from .process import Process, active_children, current_process
+from .sharedctypes import RawArray, RawValue
+
+__all__ = [
+    "AuthenticationError", "BufferTooShort", "Pool", "Process", "ProcessError", "RawArray", "RawValue",
+    "TimeoutError", "active_children", "cpu_count", "current_process", "freeze_support", "get_all_start_methods",
+    "get_context", "get_start_method", "set_start_method",
+]

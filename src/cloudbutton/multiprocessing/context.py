@@ -1,0 +1,81 @@
+"""Start methods and contexts: every method runs Processes and Pools as calls on the backend."""
+
+from __future__ import annotations
+
+import os
+
+__all__ = [
+    "cpu_count", "freeze_support", "get_all_start_methods", "get_context", "get_start_method", "set_start_method",
+]
+
+_METHODS = ("spawn", "forkserver")
+_start_method: str | None = None
+
+
+def _checked(method: str) -> str:
+    if method == "fork":
+        raise NotImplementedError(
+            "the 'fork' start method cannot be honoured: calls run in separate worker processes (possibly on other"
+            " machines), which cannot inherit this process's memory. Use 'spawn': functions, their arguments and"
+            " the globals they use are pickled to the workers"
+        )
+    if method not in _METHODS:
+        raise ValueError(f"cannot find context for {method!r}")
+    return method
+
+
+class Context:
+    """What ``get_context()`` returns: the names of ``cloudbutton.multiprocessing`` (``ctx.Pool``,
+    ``ctx.Process``, ...), as a ``multiprocessing`` context has those of ``multiprocessing``."""
+
+    def __init__(self, method: str):
+        self._method = method
+
+    def get_start_method(self, allow_none: bool = False) -> str:
+        return self._method
+
+    def __getattr__(self, name: str):
+        from .. import multiprocessing as package
+
+        if name.startswith("_") or name not in package.__all__:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return getattr(package, name)
+
+    def __repr__(self) -> str:
+        return f"<cloudbutton.multiprocessing context {self._method!r}>"
+
+
+def get_context(method: str | None = None) -> Context:
+    """A context for ``method`` ('spawn' or 'forkserver'; None: the current one); 'fork' raises
+    ``NotImplementedError``."""
+    return Context(get_start_method() if method is None else _checked(method))
+
+
+def get_start_method(allow_none: bool = False) -> str | None:
+    global _start_method
+    if _start_method is None and not allow_none:
+        _start_method = "spawn"
+    return _start_method
+
+
+def set_start_method(method: str | None, force: bool = False) -> None:
+    global _start_method
+    if _start_method is not None and not force:
+        raise RuntimeError("context has already been set")
+    _start_method = None if method is None else _checked(method)
+
+
+def get_all_start_methods() -> list[str]:
+    return list(_METHODS)
+
+
+def cpu_count() -> int:
+    """Calls that run at once on the configured backend: its ``max_workers`` setting if set, else the
+    CPU count of this machine (the default of the ``local`` backend)."""
+    from ..config import resolve_config
+
+    return resolve_config().max_workers or os.cpu_count() or 1
+
+
+def freeze_support() -> None:
+    """Nothing to do: workers never re-run the main module."""

@@ -1,0 +1,392 @@
+"""``multiprocessing.Pool`` over a cloudbutton backend."""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures as cf
+import itertools
+import queue
+import threading
+import traceback
+from collections.abc import Callable, Iterable, Iterator
+from multiprocessing import TimeoutError  # the standard library's, which callers catch
+from typing import Any
+
+from ..concurrent import _chunks, _Runner
+
+__all__ = ["AsyncResult", "IMapIterator", "Pool"]
+
+_RUN, _CLOSE, _TERMINATE = "RUN", "CLOSE", "TERMINATE"
+
+
+def _outcome(future: cf.Future) -> tuple[bool, Any]:
+    """``(True, result)`` or ``(False, exception)`` of a finished call."""
+    if future.cancelled():
+        return False, cf.CancelledError("the pool was terminated before this task finished")
+    error = future.exception()
+    return (False, error) if error is not None else (True, future.result())
+
+
+def _first(results: list) -> Any:
+    return results[0]
+
+
+def _flat(chunk_results: list[list]) -> list:
+    return list(itertools.chain.from_iterable(chunk_results))
+
+
+class AsyncResult:
+    """The result of ``apply_async``, ``map_async`` and ``starmap_async``.
+
+    As in the standard library, a callback has run by the time the result is ready."""
+
+    def __init__(self, pool: Pool, futures: list[cf.Future], combine: Callable, callback, error_callback):
+        self._pool, self._combine = pool, combine  # makes the value from the calls' results
+        self._callback, self._error_callback = callback, error_callback
+        self._futures = list(futures)
+        self._event = threading.Event()
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._left = len(self._futures)
+        self._lock = threading.Lock()
+        pool._outstanding.add(self)
+        if not self._futures:
+            self._all_done()
+        for f in self._futures:
+            f.add_done_callback(self._one_done)
+
+    def _one_done(self, _future) -> None:
+        with self._lock:
+            self._left -= 1
+            last = self._left == 0
+        if last:
+            self._all_done()
+
+    def _all_done(self) -> None:
+        for future in self._futures:  # the first error in input order is the result's
+            ok, value = _outcome(future)
+            if not ok:
+                self._error = value
+                break
+        if self._error is None:
+            self._value = self._combine([f.result() for f in self._futures])
+        self._futures = []
+        if self._callback is None and self._error_callback is None:
+            self._finish()
+        else:  # callbacks run in the pool's own thread, not in the backend's
+            self._pool._run_callbacks(self)
+
+    def _finish(self) -> None:
+        callback = self._callback if self._error is None else self._error_callback
+        if callback is not None:
+            try:
+                callback(self._value if self._error is None else self._error)
+            except Exception:  # noqa: BLE001 - a failing callback must not stop the others
+                traceback.print_exc()
+        self._event.set()
+        self._pool._outstanding.discard(self)
+
+    def ready(self) -> bool:
+        return self._event.is_set()
+
+    def successful(self) -> bool:
+        if not self.ready():
+            raise ValueError(f"{self!r} not ready")
+        return self._error is None
+
+    def wait(self, timeout: float | None = None) -> None:
+        self._event.wait(timeout)
+
+    def get(self, timeout: float | None = None) -> Any:
+        """The result; a task's exception is raised with its own type, ``multiprocessing.TimeoutError``
+        if it is not ready within ``timeout`` seconds."""
+        if not self._event.wait(timeout):
+            raise TimeoutError(f"the result was not ready within {timeout} s")
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+ApplyResult = MapResult = AsyncResult
+
+
+class IMapIterator:
+    """The iterator of ``imap`` (results in input order) and ``imap_unordered`` (as they finish);
+    ``next(timeout)`` raises ``multiprocessing.TimeoutError`` if no result comes in time. A task's
+    exception is raised at its place, and the iteration can go on after it."""
+
+    def __init__(self, pool: Pool, ordered: bool, chunked: bool):
+        self._ordered, self._chunked = ordered, chunked
+        self._cond = threading.Condition()
+        self._done: dict[int, Any] | collections.deque = {} if ordered else collections.deque()
+        self._added = 0  # calls so far
+        self._length: int | None = None  # calls in all, once the input is exhausted
+        self._taken = 0  # calls whose outcome was taken
+        self._buffer: collections.deque = collections.deque()  # the rest of a chunk's results
+        pool._outstanding.add(self)
+        self._pool = pool
+
+    def _add(self, futures: list[cf.Future]) -> None:
+        with self._cond:
+            first, self._added = self._added, self._added + len(futures)
+        for i, f in enumerate(futures, first):
+            f.add_done_callback(lambda f, i=i: self._put(i, f))
+
+    def _put(self, i: int, item: Any) -> None:
+        with self._cond:
+            if self._ordered:
+                self._done[i] = item
+            else:
+                self._done.append(item)
+            self._cond.notify_all()
+
+    def _end(self, error: BaseException | None = None) -> None:
+        """The input is exhausted (or raised ``error``, which then comes after the results)."""
+        with self._cond:
+            if self._length is not None:
+                return
+            if error is not None:
+                self._put(self._added, error)
+                self._added += 1
+            self._length = self._added
+            self._cond.notify_all()
+        self._pool._outstanding.discard(self)
+
+    def _ready(self) -> bool:
+        if self._taken == self._length:
+            return True
+        return self._taken in self._done if self._ordered else bool(self._done)
+
+    def __iter__(self) -> Iterator:
+        return self
+
+    def next(self, timeout: float | None = None) -> Any:
+        if self._buffer:
+            return self._buffer.popleft()
+        with self._cond:
+            if not self._cond.wait_for(self._ready, timeout):
+                raise TimeoutError(f"no result within {timeout} s")
+            if self._taken == self._length:
+                raise StopIteration
+            item = self._done.pop(self._taken) if self._ordered else self._done.popleft()
+            self._taken += 1
+        ok, value = _outcome(item) if isinstance(item, cf.Future) else (False, item)
+        if not ok:
+            raise value
+        if not self._chunked:
+            return value
+        self._buffer.extend(value)
+        return self.next(timeout)
+
+    __next__ = next
+
+
+class Pool:
+    """``multiprocessing.Pool``'s interface; its tasks run as calls on a cloudbutton backend.
+
+    ``processes``: calls running at once (default: the backend's, the CPU count on ``local``).
+    ``initializer(*initargs)`` runs once in each worker process before its first task; if it raises,
+    the tasks fail with ``cloudbutton.concurrent.InitializerError`` (the standard Pool would restart
+    workers forever). ``maxtasksperchild`` cannot be honoured (workers are shared and long-lived) and
+    raises ``NotImplementedError``. ``context`` is accepted and ignored. ``backend``, ``config`` and
+    ``**overrides`` are those of ``FunctionExecutor`` (e.g. ``timeout=``, ``runtime_memory=``).
+
+    A task whose worker dies fails with ``WorkerLostError``; the other tasks complete (the standard
+    Pool would hang). ``terminate()`` cancels the tasks not finished: their results raise
+    ``concurrent.futures.CancelledError`` (the standard Pool leaves them waiting forever).
+    """
+
+    def __init__(
+        self, processes: int | None = None, initializer: Callable | None = None, initargs: Iterable = (),
+        maxtasksperchild: int | None = None, context=None, *, backend: str | None = None, config=None,
+        **overrides: Any,
+    ):
+        if processes is not None and processes < 1:
+            raise ValueError("Number of processes must be at least 1")
+        if maxtasksperchild is not None:
+            if not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0:
+                raise ValueError("maxtasksperchild must be a positive int or None")
+            raise NotImplementedError(
+                "maxtasksperchild cannot be honoured: workers are shared and long-lived. To bound the memory of"
+                " a leaking task, use Pool(runtime_memory=MB): a worker that exceeds it is replaced"
+            )
+        self._runner = _Runner(processes, initializer, tuple(initargs), backend, config, **overrides)
+        self._state = _RUN
+        self._outstanding: set = set()  # AsyncResults and IMapIterators not finished
+        self._feeders: list[threading.Thread] = []
+        self._callbacks: queue.SimpleQueue | None = None
+        self._callback_thread: threading.Thread | None = None
+        self._callbacks_stopped = False
+        self._lock = threading.Lock()
+
+    def _check_running(self) -> None:
+        if self._state != _RUN:
+            raise ValueError("Pool not running")
+
+    def _submit(self, func: Callable, items: list, star: bool, chunksize: int | None) -> tuple[list[cf.Future], bool]:
+        """Calls of ``func`` over ``items`` (single arguments, or with ``star`` tuples of arguments);
+        ``chunksize`` > 1 (or None: sized like the standard Pool's) sends that many items per call.
+        Returns the futures and whether they are of chunks."""
+        if chunksize is None:
+            chunksize, extra = divmod(len(items), self._runner.workers * 4)
+            chunksize += bool(extra)
+        if chunksize <= 1:
+            calls = [tuple(args) for args in items] if star else [(x,) for x in items]
+            return self._runner.submit(self._runner.task(func), calls), False
+        task = self._runner.task(func, chunked=True, star=star)
+        return self._runner.submit(task, _chunks(items, chunksize)), True
+
+    def _run_callbacks(self, result: AsyncResult) -> None:
+        with self._lock:
+            if self._callbacks_stopped:  # a call that finished as the pool was terminated
+                result._finish()
+                return
+            if self._callback_thread is None:
+                self._callbacks = queue.SimpleQueue()
+                self._callback_thread = threading.Thread(
+                    target=self._callback_loop, name="cloudbutton-pool-callbacks", daemon=True
+                )
+                self._callback_thread.start()
+        self._callbacks.put(result)
+
+    def _callback_loop(self) -> None:
+        while (result := self._callbacks.get()) is not None:
+            result._finish()
+
+    # --- one task ---------------------------------------------------------------------------
+
+    def apply(self, func: Callable, args: Iterable = (), kwds: dict | None = None) -> Any:
+        """``func(*args, **kwds)`` run as one task; waits for its result."""
+        return self.apply_async(func, args, kwds).get()
+
+    def apply_async(
+        self, func: Callable, args: Iterable = (), kwds: dict | None = None, callback=None, error_callback=None
+    ) -> AsyncResult:
+        self._check_running()
+        futures = self._runner.submit(self._runner.task(func), [tuple(args)], kwds)
+        return AsyncResult(self, futures, _first, callback, error_callback)
+
+    # --- many tasks -------------------------------------------------------------------------
+
+    def map(self, func: Callable, iterable: Iterable, chunksize: int | None = None) -> list:
+        """``[func(x) for x in iterable]``, run in parallel, in order."""
+        return self.map_async(func, iterable, chunksize).get()
+
+    def starmap(self, func: Callable, iterable: Iterable, chunksize: int | None = None) -> list:
+        """``[func(*args) for args in iterable]``, run in parallel, in order."""
+        return self.starmap_async(func, iterable, chunksize).get()
+
+    def map_async(self, func, iterable, chunksize=None, callback=None, error_callback=None) -> AsyncResult:
+        return self._map_async(func, iterable, False, chunksize, callback, error_callback)
+
+    def starmap_async(self, func, iterable, chunksize=None, callback=None, error_callback=None) -> AsyncResult:
+        return self._map_async(func, iterable, True, chunksize, callback, error_callback)
+
+    def _map_async(self, func, iterable, star: bool, chunksize, callback, error_callback) -> AsyncResult:
+        self._check_running()
+        futures, chunked = self._submit(func, list(iterable), star, chunksize)
+        return AsyncResult(self, futures, _flat if chunked else list, callback, error_callback)
+
+    def imap(self, func: Callable, iterable: Iterable, chunksize: int = 1) -> IMapIterator:
+        """Like ``map`` but lazy: results come in order as they are ready. Items are read from
+        ``iterable`` as it produces them, ``chunksize`` at a time (larger: faster for quick tasks)."""
+        return self._imap(func, iterable, chunksize, ordered=True)
+
+    def imap_unordered(self, func: Callable, iterable: Iterable, chunksize: int = 1) -> IMapIterator:
+        """Like ``imap``, but each result comes as soon as its task finishes."""
+        return self._imap(func, iterable, chunksize, ordered=False)
+
+    def _imap(self, func, iterable, chunksize: int, ordered: bool) -> IMapIterator:
+        self._check_running()
+        if chunksize < 1:
+            raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
+        result = IMapIterator(self, ordered, chunked=chunksize > 1)
+        if hasattr(iterable, "__len__"):  # all known now: one job
+            result._add(self._submit(func, list(iterable), False, chunksize)[0])
+            result._end()
+        else:
+            feeder = threading.Thread(
+                target=self._feed, args=(func, iterable, chunksize, result), name="cloudbutton-pool-feeder", daemon=True
+            )
+            self._feeders.append(feeder)
+            feeder.start()
+        return result
+
+    def _feed(self, func, iterable: Iterable, chunksize: int, result: IMapIterator) -> None:
+        """Send the items of a lazy iterable as it produces them: a thread reads them, and each job
+        takes all that were read meanwhile (one item from a slow generator, many from a quick one).
+        The iterable's exception comes after the results."""
+        produced: queue.SimpleQueue = queue.SimpleQueue()  # (True, item), then (False, None or its exception)
+
+        def read() -> None:
+            try:
+                for item in iterable:
+                    produced.put((True, item))
+                produced.put((False, None))
+            except Exception as e:  # noqa: BLE001 - it goes to the one iterating
+                produced.put((False, e))
+
+        threading.Thread(target=read, name="cloudbutton-pool-reader", daemon=True).start()
+        more, error = True, None
+        while more and self._state != _TERMINATE:
+            items, (more, item) = [], produced.get()
+            while more:
+                items.append(item)
+                try:
+                    more, item = produced.get_nowait()
+                except queue.Empty:
+                    break
+            if not more:
+                error = item
+            try:
+                if items:
+                    result._add(self._submit(func, items, False, chunksize)[0])
+            except Exception as e:  # noqa: BLE001 - e.g. an unpicklable item, or the pool was terminated
+                more, error = False, e
+        result._end(error)
+
+    # --- lifetime ---------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """No more tasks; those submitted still run. ``join()`` then waits for them."""
+        if self._state == _RUN:
+            self._state = _CLOSE
+
+    def terminate(self) -> None:
+        """Stop now: tasks not finished are cancelled (their results raise ``CancelledError``)."""
+        self._state = _TERMINATE
+        self._runner.shutdown(wait=False, cancel_futures=True)
+        for item in list(self._outstanding):
+            if isinstance(item, IMapIterator):
+                item._end()
+        self._stop_callbacks()
+
+    def join(self) -> None:
+        """Wait for every task and callback; only after ``close()`` or ``terminate()``."""
+        if self._state == _RUN:
+            raise ValueError("Pool is still running")
+        for feeder in self._feeders:
+            feeder.join()
+        for item in list(self._outstanding):
+            if isinstance(item, AsyncResult):
+                item.wait()
+        self._runner.shutdown(wait=True)
+        self._stop_callbacks()
+
+    def _stop_callbacks(self) -> None:
+        with self._lock:
+            thread, self._callback_thread, self._callbacks_stopped = self._callback_thread, None, True
+        if thread is not None:
+            self._callbacks.put(None)
+            if thread is not threading.current_thread():
+                thread.join()
+
+    def __enter__(self) -> Pool:
+        self._check_running()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.terminate()
+
+    def __repr__(self) -> str:
+        return f"<cloudbutton.multiprocessing.Pool state={self._state} processes={self._runner.workers}>"

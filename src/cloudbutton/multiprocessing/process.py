@@ -1,0 +1,225 @@
+"""``multiprocessing.Process`` as one call on a cloudbutton backend."""
+
+from __future__ import annotations
+
+import atexit
+import concurrent.futures as cf
+import itertools
+import multiprocessing
+import os
+import re
+import signal
+import sys
+import threading
+import traceback
+from collections.abc import Callable, Iterable, Mapping
+
+from ..errors import WorkerLostError
+
+__all__ = ["Process", "active_children", "current_process"]
+
+_names = itertools.count(1)
+_current: Process | None = None  # in a worker: the Process whose call is running
+_started: set[Process] = set()  # started and not yet seen to end
+_runner = None  # the executor of every Process, made at the first start()
+_runner_lock = threading.Lock()
+
+
+def _bootstrap(process: Process) -> tuple[int, str, int]:
+    """Run a Process in a worker as the standard library runs it in a child: returns its exit code,
+    what the child would have printed to stderr on failure, and the worker's pid."""
+    global _current
+    _current, message = process, ""
+    try:
+        process.run()
+        exitcode = 0
+    except SystemExit as e:
+        if e.code is None:
+            exitcode = 0
+        elif isinstance(e.code, int):
+            exitcode = e.code
+        else:
+            exitcode, message = 1, f"{e.code}\n"
+    except BaseException:  # noqa: BLE001 - as the standard library's child, report anything
+        exitcode, message = 1, f"Process {process.name}:\n{traceback.format_exc()}"
+    finally:
+        _current = None
+    return exitcode, message, os.getpid()
+
+
+def _process_runner():
+    """One executor runs every Process (made from the configuration at the first ``start()``); at
+    exit, Processes not marked daemon are joined first, as the standard library does."""
+    global _runner
+    with _runner_lock:
+        if _runner is None:
+            from ..concurrent import _Runner
+
+            _runner = _Runner()
+            atexit.register(_join_at_exit)  # registered after the backend's: runs before it stops
+        return _runner
+
+
+def _join_at_exit() -> None:
+    for process in list(_started):
+        if not process.daemon:
+            process.join()
+    _runner.shutdown(wait=False, cancel_futures=True)
+
+
+def _exitcode_of_lost(error: WorkerLostError) -> int:
+    """A worker that died: the exit code the standard library would report (-N for signal N)."""
+    text = str(error)
+    if m := re.search(r"exited with code (-?\d+)", text):
+        return int(m.group(1))
+    if m := re.search(r"killed by signal (SIG\w+)", text):
+        return -getattr(signal, m.group(1), signal.SIGKILL)
+    return 1
+
+
+class Process:
+    """``multiprocessing.Process``: ``run()`` (by default ``target(*args, **kwargs)``) runs as one
+    call on the configured backend. Subclasses may override ``run()``; the object is pickled to the
+    worker, so its attributes must be picklable (an unpicklable one fails ``start()`` with
+    ``SerializationError``).
+
+    ``exitcode`` is 0, 1 after an uncaught exception (whose traceback is printed to this process's
+    stderr), ``n`` after ``sys.exit(n)``, and ``-N`` if the worker was killed by signal N. ``pid`` is
+    the worker process's, known once the call finished. At most ``max_workers`` Processes run at once;
+    the others wait for a free worker. ``terminate()`` and ``kill()`` are not supported.
+    """
+
+    def __init__(
+        self, group: None = None, target: Callable | None = None, name: str | None = None, args: Iterable = (),
+        kwargs: Mapping | None = None, *, daemon: bool | None = None,
+    ):
+        if group is not None:
+            raise AssertionError("group argument must be None for now")
+        self._target, self._args, self._kwargs = target, tuple(args), dict(kwargs or {})
+        self._name = str(name) if name is not None else f"{type(self).__name__}-{next(_names)}"
+        self._daemon = bool(daemon)
+        self._future: cf.Future | None = None
+        self._exitcode: int | None = None
+        self._pid: int | None = None
+        self._settle_lock = threading.Lock()
+
+    def run(self) -> None:
+        """What the Process does; subclasses may override it."""
+        if self._target is not None:
+            self._target(*self._args, **self._kwargs)
+
+    def start(self) -> None:
+        if self._future is not None:
+            raise AssertionError("cannot start a process twice")
+        runner = _process_runner()
+        task = runner.task(_bootstrap)
+        task.__qualname__ = self._name  # names the call in records and errors
+        self._future = runner.submit(task, [(self,)])[0]
+        _started.add(self)
+        self._future.add_done_callback(lambda _: self._settle())
+
+    def _settle(self) -> None:
+        """Record the exit code once the call is over (and print what the child would have printed)."""
+        with self._settle_lock:
+            if self._exitcode is not None:
+                return
+            future, message = self._future, ""
+            if future.cancelled():  # a daemon Process at exit
+                self._exitcode = -signal.SIGTERM
+            elif (error := future.exception()) is None:
+                self._exitcode, message, self._pid = future.result()
+            elif isinstance(error, WorkerLostError):  # the child died: the exit code says how, as in the stdlib
+                self._exitcode = _exitcode_of_lost(error)
+            else:
+                self._exitcode = 1
+                message = f"Process {self.name}:\n{''.join(traceback.format_exception(error))}"
+            _started.discard(self)
+            if message:
+                sys.stderr.write(message)
+                sys.stderr.flush()
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait until the Process ends, or at most ``timeout`` seconds."""
+        if self._future is None:
+            raise AssertionError("can only join a started process")
+        cf.wait([self._future], timeout)
+        if self._future.done():
+            self._settle()
+
+    def is_alive(self) -> bool:
+        if self is _current:
+            return True
+        return self._future is not None and not self._future.done()
+
+    @property
+    def exitcode(self) -> int | None:
+        if self._future is None or not self._future.done():
+            return None
+        self._settle()
+        return self._exitcode
+
+    @property
+    def pid(self) -> int | None:
+        return os.getpid() if self is _current else self._pid
+
+    ident = pid
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @name.setter
+    def name(self, name: str) -> None:
+        if not isinstance(name, str):
+            raise TypeError("name must be a string")
+        self._name = name
+
+    @property
+    def daemon(self) -> bool:
+        return self._daemon
+
+    @daemon.setter
+    def daemon(self, daemonic: bool) -> None:
+        if self._future is not None:
+            raise AssertionError("process has already started")
+        self._daemon = bool(daemonic)
+
+    def terminate(self) -> None:
+        raise NotImplementedError(
+            "a Process runs as a call on a worker and cannot be stopped from outside; bound how long it may"
+            " run with the timeout setting (CLOUDBUTTON_TIMEOUT=seconds, or FunctionExecutor(timeout=...))"
+        )
+
+    kill = terminate
+
+    def close(self) -> None:
+        if self.is_alive():
+            raise ValueError("Cannot close a process while it is still running. You should first call join()")
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        for key in ("_future", "_settle_lock"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _future=None, _settle_lock=threading.Lock())
+
+    def __repr__(self) -> str:
+        if self._future is None:
+            status = "initial"
+        elif self.exitcode is None:
+            status = "started"
+        else:
+            status = f"stopped exitcode={self.exitcode}"
+        return f"<{type(self).__name__} name={self._name!r} {status}{' daemon' if self._daemon else ''}>"
+
+
+def current_process():
+    """Inside a Process's call, that Process; elsewhere the standard library's current process."""
+    return _current if _current is not None else multiprocessing.current_process()
+
+
+def active_children() -> list[Process]:
+    """The Processes started here that have not ended."""
+    return [p for p in list(_started) if p.is_alive()]

@@ -1,0 +1,225 @@
+"""cloudbutton.concurrent.ServerlessExecutor: the concurrent.futures.Executor contract, with real workers
+(after CPython's test_concurrent_futures)."""
+
+import concurrent.futures as cf
+import os
+import signal
+import threading
+import time
+from concurrent.futures.process import BrokenProcessPool
+
+import pytest
+
+from cloudbutton import SerializationError, WorkerLostError
+from cloudbutton.concurrent import InitializerError, ServerlessExecutor
+
+
+def mul(x, y):
+    return x * y
+
+
+def raise_on(x, bad):
+    if x == bad:
+        raise KeyError(f"bad {x}")
+    return x
+
+
+def wait_for(path, value=None):
+    """Blocks until ``path`` exists (the test's gate), at most 60 s; returns ``value``."""
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the gate {path} was never opened")
+        time.sleep(0.005)
+    return value
+
+
+def exit_on(x, bad):
+    if x == bad:
+        os._exit(3)
+    return x
+
+
+def kill_myself():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def record_pid(path):
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    global INITIALIZED
+    INITIALIZED = "yes"
+
+
+def initialized(_):
+    return os.getpid(), INITIALIZED
+
+
+def failing_initializer():
+    raise ValueError("no database")
+
+
+@pytest.fixture(scope="module")
+def _isolated(tmp_path_factory):
+    """No configuration from the machine: a fresh XDG_CONFIG_HOME and working directory."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg")))
+        mp.chdir(tmp_path_factory.mktemp("work"))
+        yield
+
+
+@pytest.fixture(scope="module")
+def executor(_isolated):
+    with ServerlessExecutor(max_workers=2) as ex:
+        yield ex
+
+
+@pytest.fixture
+def gate(tmp_path):
+    """A path that blocked calls wait for; opened at the end of the test in any case, so no worker stays blocked."""
+    path = tmp_path / "gate"
+    yield str(path)
+    path.touch()
+
+
+def test_is_a_concurrent_futures_executor(executor):
+    assert isinstance(executor, cf.Executor)
+
+
+def test_submit_passes_positional_and_keyword_arguments(executor):
+    future = executor.submit(mul, 2, y=8)
+    assert isinstance(future, cf.Future)
+    assert future.result(timeout=30) == 16
+
+
+def test_submit_exception_keeps_its_type_and_remote_traceback(executor):
+    future = executor.submit(raise_on, 1, 1)
+    with pytest.raises(KeyError, match="bad 1") as info:
+        future.result(timeout=30)
+    assert isinstance(future.exception(), KeyError)
+    assert "Remote traceback" in "\n".join(info.value.__notes__)
+
+
+def test_map_gives_results_in_order_up_to_the_shortest_iterable(executor):
+    assert list(executor.map(mul, range(100), range(1000))) == [i * i for i in range(100)]
+    assert list(executor.map(mul, [], [])) == []
+
+
+def test_map_with_chunksize_gives_the_same_results(executor):
+    assert list(executor.map(mul, range(50), range(50), chunksize=7)) == [i * i for i in range(50)]
+    with pytest.raises(ValueError, match="chunksize"):
+        executor.map(mul, [1], [2], chunksize=0)
+
+
+def test_map_raises_a_calls_exception_when_it_reaches_it(executor):
+    results = executor.map(raise_on, range(5), [3] * 5)
+    assert [next(results) for _ in range(3)] == [0, 1, 2]
+    with pytest.raises(KeyError, match="bad 3"):
+        next(results)
+
+
+def test_map_raises_timeout_error_and_cancels_the_rest(executor, gate):
+    results = executor.map(wait_for, [gate] * 4, timeout=0.2)
+    with pytest.raises(TimeoutError):
+        next(results)
+    with pytest.raises(StopIteration):  # the iterator is finished: the other calls were cancelled
+        next(results)
+
+
+def test_futures_work_with_wait_and_as_completed(executor, gate):
+    blocked = executor.submit(wait_for, gate, "slow")
+    quick = executor.submit(mul, 3, 3)
+    done, not_done = cf.wait([blocked, quick], timeout=30, return_when=cf.FIRST_COMPLETED)
+    assert done == {quick} and not_done == {blocked}
+    with open(gate, "w"):
+        pass
+    assert {f.result() for f in cf.as_completed([blocked, quick], timeout=30)} == {"slow", 9}
+
+
+def test_unpicklable_argument_fails_at_submit_time(executor):
+    with pytest.raises(SerializationError, match="lock"):
+        executor.submit(mul, threading.Lock(), 2)
+    with pytest.raises(SerializationError):
+        executor.map(mul, [threading.Lock()], [2])
+
+
+def test_a_worker_that_dies_fails_only_its_call(executor):
+    futures = [executor.submit(exit_on, i, 2) for i in range(6)]
+    with pytest.raises(WorkerLostError, match="exited with code 3"):
+        futures[2].result(timeout=30)
+    assert [f.result(timeout=30) for i, f in enumerate(futures) if i != 2] == [0, 1, 3, 4, 5]
+    assert executor.submit(mul, 2, 2).result(timeout=30) == 4  # still usable
+
+
+def test_kill_9_inside_a_call_is_a_worker_lost_error(executor):
+    with pytest.raises(WorkerLostError, match="SIGKILL"):
+        executor.submit(kill_myself).result(timeout=30)
+    assert list(executor.map(mul, [1, 2], [3, 4])) == [3, 8]
+
+
+def test_shutdown_waits_and_then_refuses_new_calls(_isolated, gate):
+    ex = ServerlessExecutor(max_workers=2)
+    futures = [ex.submit(wait_for, gate, i) for i in range(3)]
+    with open(gate, "w"):
+        pass
+    ex.shutdown(wait=True)
+    assert all(f.done() for f in futures) and [f.result() for f in futures] == [0, 1, 2]
+    with pytest.raises(RuntimeError, match="shutdown"):
+        ex.submit(mul, 1, 1)
+    ex.shutdown()  # again: nothing to do
+
+
+def test_shutdown_without_wait_lets_the_calls_finish(_isolated, gate):
+    ex = ServerlessExecutor(max_workers=2)
+    futures = [ex.submit(wait_for, gate, i) for i in range(3)]
+    ex.shutdown(wait=False)
+    assert not any(f.done() for f in futures)
+    with pytest.raises(RuntimeError):
+        ex.submit(mul, 1, 1)
+    with open(gate, "w"):
+        pass
+    assert [f.result(timeout=30) for f in futures] == [0, 1, 2]
+
+
+def test_shutdown_cancel_futures_cancels_what_is_not_finished(_isolated, gate):
+    ex = ServerlessExecutor(max_workers=2)
+    futures = [ex.submit(wait_for, gate, i) for i in range(4)]
+    ex.shutdown(wait=False, cancel_futures=True)
+    assert all(f.cancelled() for f in futures)
+    with pytest.raises(cf.CancelledError):
+        futures[3].result()
+
+
+def test_context_manager_shuts_down(_isolated):
+    with ServerlessExecutor(max_workers=2) as ex:
+        future = ex.submit(mul, 5, 5)
+    assert future.done() and future.result() == 25
+    with pytest.raises(RuntimeError):
+        ex.submit(mul, 1, 1)
+
+
+def test_initializer_runs_once_per_worker_before_its_calls(_isolated, tmp_path):
+    log = tmp_path / "init-pids"
+    with ServerlessExecutor(max_workers=2, initializer=record_pid, initargs=(str(log),)) as ex:
+        results = list(ex.map(initialized, range(40)))
+    init_pids = log.read_text().split()
+    assert len(init_pids) == len(set(init_pids))  # once per worker process
+    assert all(value == "yes" for _, value in results)  # and its globals are the ones the calls see
+    assert {str(pid) for pid, _ in results} <= set(init_pids)
+
+
+def test_failing_initializer_breaks_the_executor(_isolated):
+    with ServerlessExecutor(max_workers=2, initializer=failing_initializer) as ex:
+        future = ex.submit(mul, 2, 2)
+        with pytest.raises(InitializerError, match="failing_initializer raised ValueError: no database") as info:
+            future.result(timeout=30)
+        assert isinstance(info.value, BrokenProcessPool) and isinstance(info.value, cf.BrokenExecutor)
+        with pytest.raises(BrokenProcessPool, match="no longer be used"):
+            ex.submit(mul, 2, 2)
+
+
+def test_bad_arguments_are_refused(_isolated):
+    with pytest.raises(ValueError, match="max_workers"):
+        ServerlessExecutor(max_workers=0)
+    with pytest.raises(TypeError, match="initializer"):
+        ServerlessExecutor(max_workers=2, initializer=42)

@@ -1,0 +1,367 @@
+"""cloudbutton.multiprocessing.Pool with real workers (after CPython's _test_multiprocessing.py, _TestPool)."""
+
+import concurrent.futures as cf
+import multiprocessing
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from cloudbutton import SerializationError, WorkerLostError
+from cloudbutton import multiprocessing as mp
+from cloudbutton.concurrent import InitializerError
+
+
+def sqr(x):
+    return x * x
+
+
+def mul(x, y):
+    return x * y
+
+
+def raise_on(x, bad=3):
+    if x == bad:
+        raise KeyError(f"bad {x}")
+    return x
+
+
+def wait_for(path, value=None):
+    """Blocks until ``path`` exists (the test's gate), at most 60 s; returns ``value``."""
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the gate {path} was never opened")
+        time.sleep(0.005)
+    return value
+
+
+def gated_sqr(x, gate, blocked):
+    if x == blocked:
+        wait_for(gate)
+    return x * x
+
+
+def exit_on(x, bad=2):
+    if x == bad:
+        os._exit(3)
+    return x
+
+
+def kill_on(x, bad=1):
+    if x == bad:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return x
+
+
+def set_global(value):
+    global PREFIX
+    PREFIX = value
+
+
+def prefixed(x):
+    return f"{PREFIX}{x}"
+
+
+def failing_initializer():
+    raise ValueError("no model file")
+
+
+def numbers(n, fail_at=None):
+    for i in range(n):
+        if i == fail_at:
+            raise OSError(f"input broke at {i}")
+        yield i
+
+
+@pytest.fixture(scope="module")
+def _isolated(tmp_path_factory):
+    """No configuration from the machine: a fresh XDG_CONFIG_HOME and working directory."""
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg")))
+        m.chdir(tmp_path_factory.mktemp("work"))
+        yield
+
+
+@pytest.fixture(scope="module")
+def pool(_isolated):
+    with mp.Pool(2) as p:
+        yield p
+
+
+@pytest.fixture
+def gate(tmp_path):
+    """A path that blocked tasks wait for; opened at the end of the test in any case."""
+    path = tmp_path / "gate"
+    yield str(path)
+    path.touch()
+
+
+def open_gate(path):
+    with open(path, "w"):
+        pass
+
+
+# --- results ----------------------------------------------------------------------------------
+
+
+def test_apply(pool):
+    assert pool.apply(sqr, (5,)) == 25
+    assert pool.apply(mul, (), {"x": 3, "y": 4}) == 12
+
+
+def test_map_in_order(pool):
+    assert pool.map(sqr, range(10)) == [x * x for x in range(10)]
+    assert pool.map(sqr, range(1000)) == [x * x for x in range(1000)]
+    assert pool.map(sqr, range(100), chunksize=7) == [x * x for x in range(100)]
+    assert pool.map(sqr, []) == []
+
+
+def test_map_of_a_generator(pool):
+    assert pool.map(sqr, (x for x in range(20))) == [x * x for x in range(20)]
+
+
+def test_starmap(pool):
+    pairs = list(zip(range(30), range(30, 60), strict=True))
+    assert pool.starmap(mul, pairs) == [a * b for a, b in pairs]
+    assert pool.starmap_async(mul, pairs).get(timeout=30) == [a * b for a, b in pairs]
+
+
+def test_map_async(pool):
+    assert pool.map_async(sqr, range(10)).get(timeout=30) == [x * x for x in range(10)]
+
+
+def test_imap_in_order(pool):
+    assert list(pool.imap(sqr, range(10))) == [x * x for x in range(10)]
+    assert list(pool.imap(sqr, range(100), chunksize=7)) == [x * x for x in range(100)]
+    it = pool.imap(sqr, numbers(10))  # a lazy input, read as it is produced
+    assert [it.next(timeout=30) for _ in range(10)] == [x * x for x in range(10)]
+    with pytest.raises(StopIteration):
+        it.next()
+
+
+def test_imap_streams_a_lazy_input(pool):
+    more = threading.Event()
+
+    def produce():
+        yield 1
+        yield 2
+        more.wait(60)
+        yield 3
+
+    it = pool.imap(sqr, produce())
+    assert [it.next(timeout=30), it.next(timeout=30)] == [1, 4]  # while the input is not exhausted
+    more.set()
+    assert list(it) == [9]
+
+
+def test_imap_unordered_gives_all_results(pool):
+    assert sorted(pool.imap_unordered(sqr, range(100))) == [x * x for x in range(100)]
+    assert sorted(pool.imap_unordered(sqr, numbers(50), chunksize=4)) == [x * x for x in range(50)]
+
+
+def test_imap_unordered_streams_results_as_they_finish(pool, gate):
+    it = pool.imap_unordered(_gated_item, [(x, gate) for x in range(6)])
+    first = [it.next(timeout=30) for _ in range(5)]
+    assert sorted(first) == [1, 4, 9, 16, 25]  # item 0 is still blocked
+    with pytest.raises(mp.TimeoutError):
+        it.next(timeout=0.1)
+    open_gate(gate)
+    assert it.next(timeout=30) == 0
+
+
+def _gated_item(item):
+    x, gate = item
+    return gated_sqr(x, gate, 0)
+
+
+def test_imap_raises_at_the_failed_item_and_goes_on(pool):
+    it = pool.imap(raise_on, range(6))
+    assert [next(it) for _ in range(3)] == [0, 1, 2]
+    with pytest.raises(KeyError, match="bad 3"):
+        next(it)
+    assert list(it) == [4, 5]
+
+
+def test_imap_input_that_raises_comes_after_the_results(pool):
+    it = pool.imap(sqr, numbers(10, fail_at=4))
+    assert [next(it) for _ in range(4)] == [0, 1, 4, 9]
+    with pytest.raises(OSError, match="input broke at 4"):
+        next(it)
+    with pytest.raises(StopIteration):
+        next(it)
+
+
+def test_imap_next_timeout(pool, gate):
+    it = pool.imap(wait_for, [gate])
+    with pytest.raises(multiprocessing.TimeoutError):
+        it.next(timeout=0.1)
+    open_gate(gate)
+    assert it.next(timeout=30) is None
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+def test_exceptions_are_reraised_with_their_type(pool):
+    with pytest.raises(KeyError, match="bad 3"):
+        pool.apply(raise_on, (3,))
+    with pytest.raises(KeyError, match="bad 3"):
+        pool.map(raise_on, range(10))
+    with pytest.raises(KeyError, match="bad 3"):
+        pool.starmap(raise_on, [(i, 3) for i in range(10)], chunksize=1)
+
+
+def test_map_async_reports_the_first_error_in_input_order(pool):
+    result = pool.map_async(raise_on, range(20), chunksize=1)
+    result.wait(timeout=30)
+    assert result.ready() and not result.successful()
+    with pytest.raises(KeyError, match="bad 3"):
+        result.get()
+
+
+def test_unpicklable_arguments_fail_at_submit_time(pool):
+    with pytest.raises(SerializationError, match="lock"):
+        pool.apply_async(sqr, (threading.Lock(),))
+    with pytest.raises(SerializationError):
+        pool.map(sqr, [1, threading.Lock()], chunksize=1)
+    assert pool.map(sqr, [3]) == [9]
+
+
+def test_a_worker_that_dies_fails_its_task_and_the_others_complete(pool):
+    results = [pool.apply_async(exit_on, (i,)) for i in range(6)]
+    with pytest.raises(WorkerLostError, match="exited with code 3"):
+        results[2].get(timeout=30)
+    assert [r.get(timeout=30) for i, r in enumerate(results) if i != 2] == [0, 1, 3, 4, 5]
+    with pytest.raises(WorkerLostError):
+        pool.map(exit_on, range(6))
+    assert pool.map(sqr, range(4)) == [0, 1, 4, 9]  # the pool is still usable
+
+
+def test_kill_9_inside_a_task(pool):
+    it = pool.imap(kill_on, range(4))
+    assert next(it) == 0
+    with pytest.raises(WorkerLostError, match="SIGKILL"):
+        next(it)
+    assert list(it) == [2, 3]
+
+
+# --- AsyncResult ------------------------------------------------------------------------------
+
+
+def test_async_result_while_not_ready(pool, gate):
+    result = pool.apply_async(wait_for, (gate, "done"))
+    assert not result.ready()
+    with pytest.raises(ValueError, match="not ready"):
+        result.successful()
+    with pytest.raises(multiprocessing.TimeoutError):  # the standard library's class
+        result.get(timeout=0.1)
+    result.wait(timeout=0.1)
+    assert not result.ready()
+    open_gate(gate)
+    assert result.get(timeout=30) == "done"
+    assert result.ready() and result.successful()
+
+
+def test_callbacks_run_before_the_result_is_ready(pool):
+    seen, errors = [], []
+    pool.apply_async(sqr, (7,), callback=seen.append).get(timeout=30)
+    pool.map_async(sqr, range(5), callback=seen.append).get(timeout=30)
+    result = pool.apply_async(raise_on, (3,), callback=seen.append, error_callback=errors.append)
+    result.wait(timeout=30)
+    assert seen == [49, [0, 1, 4, 9, 16]]
+    assert len(errors) == 1 and isinstance(errors[0], KeyError)
+    threads = []
+    pool.apply_async(sqr, (1,), callback=lambda _: threads.append(threading.current_thread().name)).get(timeout=30)
+    assert threads == ["cloudbutton-pool-callbacks"]
+
+
+def test_a_failing_callback_does_not_stop_the_pool(pool, capsys):
+    def bad_callback(_):
+        raise RuntimeError("callback broke")
+
+    pool.apply_async(sqr, (2,), callback=bad_callback).wait(timeout=30)
+    assert "callback broke" in capsys.readouterr().err
+    assert pool.apply_async(sqr, (3,)).get(timeout=30) == 9
+
+
+# --- lifetime ---------------------------------------------------------------------------------
+
+
+def test_close_then_join_waits_for_the_tasks(_isolated, gate):
+    p = mp.Pool(2)
+    result = p.map_async(wait_for, [gate] * 3)
+    p.close()
+    with pytest.raises(ValueError, match="Pool not running"):
+        p.apply(sqr, (1,))
+    open_gate(gate)
+    p.join()
+    assert result.ready() and result.get() == [None] * 3
+
+
+def test_join_before_close_is_an_error(_isolated):
+    p = mp.Pool(2)
+    with pytest.raises(ValueError, match="Pool is still running"):
+        p.join()
+    p.terminate()
+    p.join()
+
+
+def test_terminate_cancels_the_tasks_not_finished(_isolated, gate):
+    p = mp.Pool(2)
+    errors = []
+    results = [p.apply_async(wait_for, (gate,), error_callback=errors.append) for _ in range(4)]
+    p.terminate()
+    for r in results:
+        with pytest.raises(cf.CancelledError, match="terminated"):
+            r.get(timeout=30)
+    assert len(errors) == 4  # the error callbacks ran before terminate returned
+    with pytest.raises(ValueError, match="Pool not running"):
+        p.map(sqr, [1])
+    p.join()
+
+
+def test_context_manager_terminates(_isolated):
+    with mp.Pool(2) as p:
+        assert p.map(sqr, [1, 2]) == [1, 4]
+    with pytest.raises(ValueError, match="Pool not running"):
+        p.apply(sqr, (1,))
+
+
+# --- construction -----------------------------------------------------------------------------
+
+
+def test_initializer_sets_globals_the_tasks_see(_isolated):
+    with mp.Pool(2, initializer=set_global, initargs=("n=",)) as p:
+        assert p.map(prefixed, range(20)) == [f"n={i}" for i in range(20)]
+        assert p.apply(prefixed, (7,)) == "n=7"
+
+
+def test_failing_initializer_is_a_clear_error(_isolated):
+    with mp.Pool(2, initializer=failing_initializer) as p:
+        with pytest.raises(InitializerError, match="failing_initializer raised ValueError: no model file"):
+            p.map(sqr, range(10))
+        with pytest.raises(InitializerError, match="no longer be used"):
+            p.apply(sqr, (1,))
+
+
+def test_bad_arguments(_isolated):
+    with pytest.raises(ValueError, match="at least 1"):
+        mp.Pool(0)
+    with pytest.raises(ValueError, match="maxtasksperchild"):
+        mp.Pool(2, maxtasksperchild=0)
+    with pytest.raises(NotImplementedError, match="runtime_memory"):
+        mp.Pool(2, maxtasksperchild=10)
+    with pytest.raises(TypeError, match="initializer"):
+        mp.Pool(2, initializer=3)
+    with mp.Pool(2) as p:
+        with pytest.raises(ValueError, match="Chunksize"):
+            p.imap(sqr, [1], chunksize=0)
+
+
+def test_pool_from_a_context(_isolated):
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(2) as p:
+        assert p.map(sqr, range(3)) == [0, 1, 4]

@@ -1,0 +1,264 @@
+"""cloudbutton.multiprocessing.Process and the module-level names, with real workers (after CPython's
+_test_multiprocessing.py, _TestProcess)."""
+
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from cloudbutton import SerializationError
+from cloudbutton import multiprocessing as mp
+
+
+def wait_for(path):
+    """Blocks until ``path`` exists (the test's gate), at most 60 s."""
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the gate {path} was never opened")
+        time.sleep(0.005)
+
+
+def write(path, *parts, sep=" "):
+    with open(path, "w") as f:
+        f.write(sep.join(map(str, parts)))
+
+
+def report(path, a, b=0):
+    """Writes what a Process sees of itself: its args, name, pid and liveness."""
+    me = mp.current_process()
+    write(path, a + b, me.name, os.getpid(), me.pid, me.is_alive())
+
+
+def fail():
+    raise ValueError("child failed")
+
+
+def leave(how):
+    if how == "exit-none":
+        sys.exit()
+    if how == "exit-7":
+        sys.exit(7)
+    if how == "exit-text":
+        sys.exit("goodbye")
+    if how == "os-exit":
+        os._exit(5)
+    if how == "kill-9":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Writer(mp.Process):
+    def __init__(self, path, text):
+        super().__init__(name="writer")
+        self.path, self.text = path, text
+
+    def run(self):
+        write(self.path, self.text, mp.current_process().name)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _isolated(tmp_path_factory):
+    """No configuration from the machine; Processes run on 2 workers (set in ./cloudbutton.toml,
+    which is read when the first Process starts)."""
+    work = tmp_path_factory.mktemp("work")
+    (work / "cloudbutton.toml").write_text("max_workers = 2\n")
+    with pytest.MonkeyPatch.context() as m:
+        m.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg")))
+        m.chdir(work)
+        yield
+
+
+@pytest.fixture
+def gate(tmp_path):
+    """A path that blocked Processes wait for; opened at the end of the test in any case."""
+    path = tmp_path / "gate"
+    yield str(path)
+    path.touch()
+
+
+def test_target_runs_with_its_arguments_in_a_worker(tmp_path):
+    out = tmp_path / "out"
+    p = mp.Process(target=report, args=(str(out), 1), kwargs={"b": 2}, name="reporter")
+    assert p.exitcode is None and not p.is_alive() and p.pid is None
+    p.start()
+    p.join()
+    total, name, pid, own_pid, alive = out.read_text().split()
+    assert total == "3" and name == "reporter" and alive == "True"
+    assert p.exitcode == 0 and not p.is_alive()
+    assert int(pid) == int(own_pid) == p.pid != os.getpid()
+
+
+def test_default_names_count_up():
+    first, second = mp.Process(), mp.Process()
+    assert first.name.startswith("Process-") and second.name.startswith("Process-")
+    assert int(second.name.split("-")[1]) == int(first.name.split("-")[1]) + 1
+
+
+def test_an_uncaught_exception_is_exit_code_1_and_its_traceback_is_printed(capsys):
+    p = mp.Process(target=fail, name="failing")
+    p.start()
+    p.join()
+    assert p.exitcode == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Process failing:\n") and "ValueError: child failed" in err and "Traceback" in err
+
+
+@pytest.mark.parametrize(
+    ("how", "code", "printed"),
+    [("exit-none", 0, ""), ("exit-7", 7, ""), ("exit-text", 1, "goodbye\n"), ("os-exit", 5, ""),
+     ("kill-9", -signal.SIGKILL, "")],
+)
+def test_exit_codes(how, code, printed, capsys):
+    p = mp.Process(target=leave, args=(how,))
+    p.start()
+    p.join()
+    assert p.exitcode == code
+    assert capsys.readouterr().err == printed
+
+
+def test_a_dead_worker_does_not_stop_other_processes(tmp_path):
+    out = tmp_path / "out"
+    dying = mp.Process(target=leave, args=("kill-9",))
+    living = mp.Process(target=report, args=(str(out), 1))
+    dying.start()
+    living.start()
+    dying.join()
+    living.join()
+    assert dying.exitcode == -signal.SIGKILL and living.exitcode == 0 and out.read_text().startswith("1 ")
+
+
+def test_subclass_overriding_run(tmp_path):
+    out = tmp_path / "out"
+    p = Writer(str(out), "hello")
+    p.start()
+    p.join()
+    assert p.exitcode == 0 and out.read_text() == "hello writer"
+
+
+def test_join_with_timeout_and_is_alive(gate):
+    p = mp.Process(target=wait_for, args=(gate,))
+    p.start()
+    assert p.is_alive() and p in mp.active_children()
+    p.join(timeout=0.1)
+    assert p.is_alive() and p.exitcode is None
+    with open(gate, "w"):
+        pass
+    p.join(timeout=30)
+    assert not p.is_alive() and p.exitcode == 0 and p not in mp.active_children()
+
+
+def test_misuse_is_refused_as_in_the_standard_library(tmp_path):
+    p = mp.Process(target=report, args=(str(tmp_path / "out"), 0))
+    with pytest.raises(AssertionError, match="can only join a started process"):
+        p.join()
+    p.daemon = True
+    assert p.daemon
+    p.start()
+    with pytest.raises(AssertionError, match="cannot start a process twice"):
+        p.start()
+    with pytest.raises(AssertionError, match="already started"):
+        p.daemon = False
+    with pytest.raises(NotImplementedError, match="timeout"):
+        p.terminate()
+    p.join()
+    p.close()
+    with pytest.raises(AssertionError, match="group"):
+        mp.Process(group=1)
+
+
+def test_unpicklable_attribute_fails_at_start():
+    p = mp.Process(target=wait_for, args=(threading.Lock(),))
+    with pytest.raises(SerializationError):
+        p.start()
+
+
+def test_current_process_outside_a_process_is_the_callers():
+    assert mp.current_process() is multiprocessing.current_process()
+
+
+def test_a_plain_script_waits_for_its_processes_at_exit_but_not_for_daemons(tmp_path):
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent("""
+        import atexit, os, sys, time
+        from cloudbutton import multiprocessing as mp
+
+        def write_later(path):
+            time.sleep(0.3)
+            with open(path, "w") as f:
+                f.write("done")
+
+        def wait_forever(path):
+            while not os.path.exists(path + ".never"):
+                time.sleep(0.01)
+
+        normal = mp.Process(target=write_later, args=(sys.argv[1] + "/normal",))
+        daemon = mp.Process(target=wait_forever, args=(sys.argv[1] + "/daemon",), daemon=True)
+        # registered before cloudbutton's own exit handlers, so it runs after them
+        atexit.register(lambda: print("exit codes at exit:", normal.exitcode, daemon.exitcode))
+        normal.start()
+        daemon.start()
+        print("main module done")
+    """))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDBUTTON_")}
+    env["XDG_CONFIG_HOME"] = str(tmp_path)
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"main module done\nexit codes at exit: 0 {-signal.SIGTERM}\n"
+    assert (tmp_path / "normal").read_text() == "done"  # joined at exit, as the standard library does
+
+
+# --- module-level names -------------------------------------------------------------------------
+
+
+def test_cpu_count_is_the_configured_workers():
+    assert mp.cpu_count() == 2
+
+
+def test_contexts():
+    ctx = mp.get_context("spawn")
+    assert ctx.Process is mp.Process and ctx.Pool is mp.Pool and ctx.get_start_method() == "spawn"
+    assert mp.get_context().get_start_method() in mp.get_all_start_methods()
+    with pytest.raises(NotImplementedError, match="'spawn'"):
+        mp.get_context("fork")
+    with pytest.raises(ValueError, match="cannot find context"):
+        mp.get_context("threads")
+    with pytest.raises(AttributeError):
+        ctx.no_such_name  # noqa: B018
+
+
+def test_set_start_method_once():
+    try:
+        mp.set_start_method("spawn", force=True)
+        with pytest.raises(RuntimeError, match="already been set"):
+            mp.set_start_method("forkserver")
+        with pytest.raises(NotImplementedError):
+            mp.set_start_method("fork", force=True)
+        assert mp.get_start_method() == "spawn"
+    finally:
+        mp.set_start_method(None, force=True)
+
+
+def test_what_cannot_be_honoured_says_so():
+    from cloudbutton.multiprocessing import shared_memory, sharedctypes
+
+    with pytest.raises(NotImplementedError, match="cloudbutton.state"):
+        shared_memory.SharedMemory(create=True, size=10)
+    with pytest.raises(NotImplementedError, match="storage"):
+        shared_memory.ShareableList([1, 2])
+    with pytest.raises(NotImplementedError, match="RawArray"):
+        mp.RawArray("i", 10)
+    with pytest.raises(NotImplementedError, match="RawValue"):
+        sharedctypes.RawValue("i", 1)
+
+
+def test_standard_names():
+    assert mp.TimeoutError is multiprocessing.TimeoutError
+    assert mp.ProcessError is multiprocessing.ProcessError
+    assert mp.freeze_support() is None
