@@ -7,13 +7,14 @@ import stat
 import threading
 import time
 import uuid
+from collections.abc import MutableSequence
 
 import pytest
 import redis
 
 from cloudbutton import FunctionExecutor
 from cloudbutton.errors import StateError
-from cloudbutton.state import AtomicInt, SharedDict, state_url, stop_server
+from cloudbutton.state import AtomicFloat, AtomicInt, AtomicReference, SharedDict, SharedList, state_url, stop_server
 from cloudbutton.state import server as state_server
 
 
@@ -102,7 +103,7 @@ def test_atomic_int_basic_operations():
     assert a.compare_and_set(50, 8) is False
     assert a.get() == 7
     a.delete()
-    assert a.get() == 0
+    assert AtomicInt(a.name).get() == 0
 
 
 def test_atomic_int_initial_is_set_only_once():
@@ -198,6 +199,41 @@ def test_shared_dict_is_a_mutable_mapping():
     d.delete()
 
 
+def test_shared_dict_compound_operations_are_atomic(raw):
+    d = SharedDict(unique("d"))
+    before = calls(raw, "hset")
+    d.update({"a": 1, (2, 3): [4]}, b=2)
+    assert calls(raw, "hset") - before == 1
+    assert d.to_dict() == {"a": 1, (2, 3): [4], "b": 2}
+    assert d.setdefault("a", 100) == 1 and d.setdefault("c") is None and d["c"] is None
+    assert d.pop((2, 3)) == [4] and d.pop("zz", "dflt") == "dflt"
+    with pytest.raises(KeyError):
+        d.pop("zz")
+    seen = {}
+    while d:
+        key, value = d.popitem()
+        seen[key] = value
+    assert seen == {"a": 1, "b": 2, "c": None}
+    with pytest.raises(KeyError):
+        d.popitem()
+    d.update({i: i for i in range(200)})
+    popped = []
+
+    def pop_all():
+        for i in range(200):
+            value = d.pop(i, None)
+            if value is not None:
+                popped.append(value)
+
+    threads = [threading.Thread(target=pop_all) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(popped) == list(range(200)) and len(d) == 0  # each value popped exactly once
+    d.delete()
+
+
 def test_shared_dict_from_workers(fexec):
     d = SharedDict(unique("d"))
     fexec.get_result(fexec.map(dict_put, [(d, i) for i in range(20)]))
@@ -281,3 +317,327 @@ def test_a_worker_creating_an_object_by_name_uses_the_callers_server():
     with FunctionExecutor(max_workers=2) as fexec:
         fexec.get_result(fexec.map(_increment_by_name, [name] * 20))
     assert counter.get() == 20
+
+
+# --- helpers for the objects below ----------------------------------------------------------------
+
+DEADLINE = 10.0  # seconds an expiry may take to show before a test fails (never a timing assertion)
+
+
+@pytest.fixture
+def raw(_embedded_server):
+    """A plain redis-py client of the embedded server, to look at what is stored."""
+    client = redis.Redis.from_url(_embedded_server)
+    yield client
+    client.close()
+
+
+def until(condition, what: str):
+    deadline = time.monotonic() + DEADLINE
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.01)
+
+
+def calls(raw_client, command: str) -> int:
+    return raw_client.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0)
+
+
+def cas_increment(ref, times):
+    for _ in range(times):
+        while True:
+            current = ref.get()
+            if ref.compare_and_set(current, current + 1):
+                break
+    return times
+
+
+def float_add(number, times):
+    for _ in range(times):
+        number.add(0.5)
+    return times
+
+
+def list_append(items, i):
+    items.append(i)
+    return i
+
+
+def settings_and_bump(counter):
+    return counter.ttl, counter.consistency, counter.replicas, counter.increment()
+
+
+# --- AtomicFloat ----------------------------------------------------------------------------------
+
+def test_atomic_float_basic_operations():
+    f = AtomicFloat(unique("f"))
+    assert f.get() == 0.0 and isinstance(f.get(), float)
+    assert f.add(0.1) == 0.1
+    assert f.add_and_get(0.2) == 0.1 + 0.2  # exact IEEE double arithmetic, like Python's
+    assert f.get() == 0.1 + 0.2
+    f.set(2)
+    assert f.compare_and_set(2.0, -1.25) is True
+    assert f.compare_and_set(2.0, 3.0) is False
+    assert f.get() == -1.25
+    assert AtomicFloat(f.name, initial=9.0).get() == -1.25  # initial only if missing
+    f.delete()
+
+
+def test_atomic_float_rejects_bad_values_and_keeps_its_value():
+    f = AtomicFloat(unique("f"), initial=1e308)
+    with pytest.raises(TypeError):
+        f.set("1.0")
+    with pytest.raises(TypeError):
+        f.add(True)
+    with pytest.raises(ValueError, match="finite"):
+        f.set(float("nan"))
+    with pytest.raises(ValueError, match=f"{f.name}.*infinite"):
+        f.add(1e308)
+    assert f.get() == 1e308
+    f.delete()
+
+
+def test_atomic_float_threads_and_workers_lose_no_update(fexec):
+    f = AtomicFloat(unique("f"))
+    threads = [threading.Thread(target=float_add, args=(f, 250)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(fexec.get_result(fexec.map(float_add, [(f, 25)] * 8))) == 200
+    assert f.get() == 600.0
+    f.delete()
+
+
+# --- AtomicReference ------------------------------------------------------------------------------
+
+def test_atomic_reference_operations():
+    ref = AtomicReference(unique("r"))
+    assert ref.get() is None
+    assert ref.compare_and_set(None, {"a": 1, "b": [2]}) is True
+    value = ref.get()
+    value["b"].append(3)  # a local copy: the stored value does not change
+    assert ref.get() == {"a": 1, "b": [2]}
+    assert ref.compare_and_set({"b": [2], "a": 1}, 1.0) is True  # equal, though it pickles differently
+    assert ref.compare_and_set(2, "no") is False
+    assert ref.compare_and_set(1, ("t",)) is True  # 1 == 1.0
+    assert ref.get_and_set(None) == ("t",)
+    assert ref.get() is None
+    ref.set(frozenset({1}))
+    assert AtomicReference(ref.name, initial="ignored").get() == frozenset({1})
+    ref.delete()
+
+
+def test_atomic_reference_compare_and_set_loses_no_update(fexec):
+    ref = AtomicReference(unique("r"), initial=0)
+    threads = [threading.Thread(target=cas_increment, args=(ref, 50)) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(fexec.get_result(fexec.map(cas_increment, [(ref, 25)] * 8))) == 200
+    assert ref.get() == 400
+    ref.delete()
+
+
+# --- SharedList -----------------------------------------------------------------------------------
+
+def test_shared_list_behaves_like_a_list():
+    items, model = SharedList(unique("l")), []
+    assert isinstance(items, MutableSequence) and len(items) == 0 and items.to_list() == []
+
+    def same():
+        assert items.to_list() == model and len(items) == len(model)
+
+    items.append("a"), model.append("a")
+    items.extend(range(10)), model.extend(range(10))
+    items += [{"k": 1}, None]
+    model += [{"k": 1}, None]
+    same()
+    for i in (0, 3, -1, -12, len(model) - 1):
+        assert items[i] == model[i]
+    for bad in (len(model), -len(model) - 1):
+        with pytest.raises(IndexError):
+            items[bad]
+        with pytest.raises(IndexError):
+            items[bad] = 0
+        with pytest.raises(IndexError):
+            del items[bad]
+    bounds = (None, 0, 1, 5, -1, -4, 11, 100, -100)
+    for start in bounds:
+        for stop in bounds:
+            for step in (None, 1, 2, 3, -1, -2, -5):
+                assert items[start:stop:step] == model[start:stop:step], (start, stop, step)
+    with pytest.raises(ValueError):
+        items[::0]
+    items[2], model[2] = "two", "two"
+    items[-1], model[-1] = "last", "last"
+    for i in (0, 4, -2, 100, -100):
+        items.insert(i, f"ins{i}"), model.insert(i, f"ins{i}")
+    same()
+    del items[3], model[3]
+    del items[-2], model[-2]
+    assert items.pop() == model.pop() and items.pop(0) == model.pop(0) and items.pop(4) == model.pop(4)
+    items.remove("two"), model.remove("two")
+    with pytest.raises(ValueError):
+        items.remove("absent")
+    items.reverse(), model.reverse()
+    same()
+    assert "a" in items and "absent" not in items
+    assert items.index("a") == model.index("a") and items.count(5) == model.count(5)
+    assert list(items) == model and list(reversed(items)) == model[::-1]
+    with pytest.raises(TypeError):
+        items[0:2] = [1, 2]
+    with pytest.raises(TypeError):
+        del items[0:2]
+    items.clear()
+    assert len(items) == 0
+    with pytest.raises(IndexError):
+        items.pop()
+    items.delete()
+
+
+def test_shared_list_extend_is_one_round_trip(raw):
+    items = SharedList(unique("l"))
+    before = calls(raw, "rpush")
+    items.extend(range(100))
+    assert calls(raw, "rpush") - before == 1
+    assert items.to_list() == list(range(100))
+    items.delete()
+
+
+def test_shared_list_from_workers_and_threads(fexec):
+    items = SharedList(unique("l"))
+    assert sorted(fexec.get_result(fexec.map(list_append, [(items, i) for i in range(50)]))) == list(range(50))
+    assert sorted(items) == list(range(50))
+    popped = []
+
+    def pop_all():
+        while True:
+            try:
+                popped.append(items.pop(0))
+            except IndexError:
+                return
+
+    threads = [threading.Thread(target=pop_all) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(popped) == list(range(50)) and len(items) == 0  # each item popped exactly once
+    items.delete()
+
+
+def test_unpicklable_items_are_type_errors_and_store_nothing():
+    items = SharedList(unique("l"))
+    with pytest.raises(TypeError, match="cannot store"):
+        items.append(threading.Lock())
+    with pytest.raises(TypeError, match="cannot store"):
+        items.extend([1, threading.Lock()])
+    with pytest.raises(TypeError, match="cannot store"):
+        items.insert(0, threading.Lock())
+    assert items.to_list() == []
+    ref = AtomicReference(unique("r"), initial=1)
+    with pytest.raises(TypeError, match="cannot store"):
+        ref.set(threading.Lock())
+    with pytest.raises(TypeError, match="cannot store"):
+        ref.compare_and_set(1, threading.Lock())
+    assert ref.get() == 1
+    items.delete()
+    ref.delete()
+
+
+# --- ttl ------------------------------------------------------------------------------------------
+
+def test_ttl_expires_the_object_and_its_type_record(raw):
+    handles = [AtomicInt(unique("t"), initial=1, ttl=60), AtomicFloat(unique("t"), initial=1.0, ttl=60),
+               AtomicReference(unique("t"), initial="x", ttl=60), SharedDict(unique("t"), ttl=60),
+               SharedList(unique("t"), ttl=60)]
+    handles[3]["k"] = 1
+    handles[4].append(1)
+    for h in handles:
+        assert 0 < raw.pttl(h._key) <= 60_000, h
+        assert 0 < raw.pttl(h._type_key) <= 60_000, h
+        h.delete()
+    never_written = SharedList(unique("t"), ttl=60)
+    assert 0 < raw.pttl(never_written._type_key) <= 60_000
+    never_written.delete()
+
+
+def test_ttl_object_leaves_nothing_behind_and_frees_its_name(raw):
+    d = SharedDict(unique("t"), ttl=0.2)
+    d["k"] = "v"
+    until(lambda: raw.exists(d._key, d._type_key) == 0, "the dict and its type record to expire")
+    AtomicInt(d.name).increment()  # the name is free for another type
+    AtomicInt(d.name).delete()
+
+
+def test_writes_refresh_the_ttl_and_handles_without_ttl_keep_it(raw):
+    name = unique("t")
+    with_ttl, without = AtomicInt(name, ttl=60), AtomicInt(name)
+    with_ttl.set(1)
+    raw.persist(with_ttl._key)
+    with_ttl.increment()  # refreshed by every write through a handle with a ttl
+    assert raw.pttl(with_ttl._key) > 0
+    without.set(5)
+    without.increment()
+    assert without.compare_and_set(6, 7)
+    assert raw.pttl(with_ttl._key) > 0  # never removed by a handle without one
+    raw.persist(with_ttl._key)
+    assert with_ttl.compare_and_set(7, 8)  # a script write refreshes it too
+    assert raw.pttl(with_ttl._key) > 0
+    items = SharedList(unique("t"), ttl=60)
+    items.extend([1, 3])
+    raw.persist(items._key)
+    items.insert(1, 2)
+    assert items.to_list() == [1, 2, 3] and raw.pttl(items._key) > 0
+    items.delete()
+    ref = AtomicReference(unique("t"), ttl=60)
+    ref.set(1)
+    plain = AtomicReference(ref.name)
+    plain.set(2)
+    assert plain.get_and_set(3) == 2 and plain.compare_and_set(3, 4)
+    assert raw.pttl(ref._key) > 0
+    with_ttl.delete()
+    ref.delete()
+
+
+def test_settings_travel_with_the_handle_to_workers(fexec, raw):
+    counter = AtomicInt(unique("s"), ttl=60, consistency="eventual")
+    counter.set(1)
+    raw.persist(counter._key)
+    assert fexec.get_result(fexec.call_async(settings_and_bump, (counter,))) == (60, "eventual", 0, 2)
+    assert raw.pttl(counter._key) > 0  # the worker's write refreshed the ttl
+    counter.delete()
+
+
+# --- delete -------------------------------------------------------------------------------------
+
+def test_operations_after_delete_are_state_errors_naming_the_object(raw):
+    handles = [AtomicInt(unique("del"), initial=1), AtomicFloat(unique("del"), initial=1.0),
+               AtomicReference(unique("del"), initial=1), SharedDict(unique("del")), SharedList(unique("del"))]
+    handles[3]["k"] = 1
+    handles[4].append(1)
+    for h in handles:
+        h.delete()
+        assert raw.exists(h._key, h._type_key) == 0
+        operations = [lambda h=h: len(h)] if isinstance(h, (SharedDict, SharedList)) else [h.get, lambda h=h: h.set(2)]
+        for op in operations:
+            with pytest.raises(StateError, match=rf"{type(h).__name__}\('{h.name}'\) was deleted"):
+                op()
+        h.delete()  # deleting again is harmless
+
+
+def test_other_handles_see_a_deleted_object_as_new(raw):
+    name = unique("del")
+    first, second = AtomicInt(name, initial=5), AtomicInt(name)
+    assert second.get() == 5
+    first.delete()
+    assert second.get() == 0
+    assert second.increment() == 1  # recreated, with its type record
+    assert raw.get(second._type_key) == b"AtomicInt"
+    with pytest.raises(StateError, match="already used by a AtomicInt"):
+        SharedList(name)
+    second.delete()
+    SharedList(name).append(1)  # a new handle reuses the name
+    SharedList(name).delete()

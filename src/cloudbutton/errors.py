@@ -4,6 +4,9 @@ Exceptions raised by a user's function are re-raised in the caller with their ow
 traceback text is attached as a note), so they are not part of this hierarchy.
 """
 
+import concurrent.futures
+import threading
+
 
 class CloudbuttonError(Exception):
     """Base class of every error raised by cloudbutton itself."""
@@ -54,6 +57,18 @@ class RemoteError(CallError):
 
 class StateError(CloudbuttonError):
     """The state server is unreachable or misused (e.g. a name reused with another type); names the URL or key."""
+
+
+class BrokenBarrierError(StateError, threading.BrokenBarrierError):
+    """A shared ``Barrier`` was broken (a waiter timed out, or it was aborted or reset) while waiting at it."""
+
+
+class LockNotHeldError(StateError, RuntimeError):
+    """A shared ``Lock`` was released by a handle that does not hold it (never acquired, or its lease expired)."""
+
+
+class InvalidStateError(StateError, concurrent.futures.InvalidStateError):
+    """A shared ``Future`` was given a result or an exception after it already had one."""
 
 
 class StorageError(CloudbuttonError):

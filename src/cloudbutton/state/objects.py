@@ -1,21 +1,53 @@
 """Shared objects: small picklable handles (name + store URL) to data in a Redis-protocol server.
 
 A handle can be passed to functions as an argument (or captured by them) and used identically in the
-client and in a worker: pickling keeps only the name and the URL, and the new process connects lazily
-(one connection pool per URL per process). Every operation is a single server-side command or Lua
-script, so concurrent updates are never lost.
+client and in a worker: pickling keeps only the name, the URL and the handle's settings (``ttl``,
+``consistency``, ``replicas``), and the new process connects lazily (one connection pool per URL per
+process). Every operation is a single server-side command or Lua script, so concurrent updates are never
+lost.
 
 Names live under the ``cloudbutton:`` namespace. The first use of a name records its type; using the
 same name with another type raises :class:`~cloudbutton.errors.StateError`.
+
+Lifetime
+--------
+``ttl=seconds`` (a constructor argument) makes the object expire that long after its last write through a
+handle with that ttl; the type record expires with it, so a job leaves nothing behind. Handles without a
+ttl never remove one. ``delete()`` removes the object and its type record at once and ends the handle:
+any later operation on it raises StateError naming the object (``delete()`` itself may be repeated).
+Other handles to the same name, in this process or others, are not told: they see the object as new
+(empty, 0 or None), and a write through them creates it again (in this process, with its type record;
+a handle in another process that already checked the name does not write the record again). To reuse
+the name, possibly with another type, construct a new handle.
+
+Consistency
+-----------
+Set per handle with ``consistency=`` and ``replicas=``:
+
+- ``"strong"`` (default): every read and write goes to the primary server, so a read always sees every
+  write that returned before it, from any process.
+- ``"eventual"``: reads are served from a cache in this process, kept fresh by the server itself
+  (RESP3 client tracking in broadcast mode on one extra connection per process and URL): when any client
+  changes, deletes or expires the object, the server pushes an invalidation and the cached reply is
+  dropped. A read may therefore return a value older than a write made elsewhere by at most the
+  delivery time of that invalidation; writes from this process are seen at once. If the invalidation
+  connection is lost (or the server stays silent for ``2 x state_timeout``) the cache is dropped and reads
+  go to the server again. Writes are not cached and behave as with ``"strong"``.
+- ``replicas=N`` (either mode): a write returns only after N replicas of the primary acknowledged it
+  (``WAIT``); if they do not within ``state_timeout``, StateError is raised. The write is then applied on
+  the primary (and readable there) but not known to be on N replicas.
 """
 
 from __future__ import annotations
 
 import functools
+import math
+import operator
 import os
 import pickle
+import sys
 import threading
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, MutableMapping, MutableSequence
 from typing import Any
 
 import cloudpickle
@@ -28,53 +60,68 @@ from ..errors import StateError
 from .server import state_url
 
 PREFIX = "cloudbutton:"
-_TYPES_KEY = PREFIX + "meta:types"
+_OBJ_PREFIX = PREFIX + "obj:"
+_TYPE_PREFIX = PREFIX + "type:"
+CONSISTENCY_LEVELS = ("strong", "eventual")
 
-_clients: dict[str, redis.Redis] = {}
+_clients: dict[tuple[str, bool], redis.Redis] = {}
+_trackers: dict[str, _Tracker] = {}
 _clients_pid = os.getpid()
 _checked: set[tuple[str, str, str]] = set()
 _clients_lock = threading.Lock()
 
 _CLAIM_TYPE = """
-redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
-return redis.call('HGET', KEYS[1], ARGV[1])
+local found = redis.call('GET', KEYS[1])
+if found then return found end
+if ARGV[2] == '0' then redis.call('SET', KEYS[1], ARGV[1]) else redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
+return ARGV[1]
 """
 
 _INT_CAS = """
 local v = redis.call('GET', KEYS[1])
 if v == false then v = '0' end
 if v == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2])
+  redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
   return 1
 end
 return 0
 """
 
 
-def _client_for(url: str) -> redis.Redis:
-    """The process-wide client (with its connection pool) for ``url``."""
+def _forked() -> None:
+    """Forget the parent's connections and caches in a forked child (call with _clients_lock held)."""
     global _clients_pid
-    client = _clients.get(url)
+    if _clients_pid != os.getpid():
+        _clients.clear()
+        _trackers.clear()
+        _checked.clear()
+        _clients_pid = os.getpid()
+
+
+def _client_for(url: str, waiting: bool = False) -> redis.Redis:
+    """The process-wide client (with its connection pool) for ``url``.
+
+    ``waiting=True``: a second client whose replies may take twice ``state_timeout``, for writes followed by
+    a ``WAIT`` of up to ``state_timeout`` (so the socket timeout never fires first).
+    """
+    client = _clients.get((url, waiting))
     if client is not None and _clients_pid == os.getpid():
         return client
     with _clients_lock:
-        if _clients_pid != os.getpid():  # forked: never share sockets with the parent
-            _clients.clear()
-            _checked.clear()
-            _clients_pid = os.getpid()
-        client = _clients.get(url)
+        _forked()
+        client = _clients.get((url, waiting))
         if client is None:
             timeout = resolve_config().state_timeout
             try:
                 client = redis.Redis.from_url(
                     url,
                     socket_connect_timeout=timeout,
-                    socket_timeout=timeout,
+                    socket_timeout=2 * timeout if waiting else timeout,
                     retry=Retry(NoBackoff(), 1),  # bounded: at most two connection attempts
                 )
             except ValueError as e:
                 raise StateError(f"invalid state_url {url!r}: {e}") from None
-            _clients[url] = client
+            _clients[(url, waiting)] = client
         return client
 
 
@@ -105,19 +152,162 @@ def _state_op(method):
     return wrapper
 
 
+# --- the client-side cache of "eventual" handles ------------------------------------------------------
+
+class _Tracker:
+    """This process's cache of replies read through ``eventual`` handles of one URL.
+
+    One RESP3 connection runs ``CLIENT TRACKING ON BCAST PREFIX cloudbutton:obj:``; a daemon thread reads
+    the server's invalidation pushes and drops the cached replies of the keys named. A reply is cached
+    only if no invalidation arrived while it was being read (``epoch`` unchanged), so a push that
+    overtakes the reply it invalidates cannot leave a stale entry behind. (redis-py's own client-side
+    cache, ``cache_config=``, refuses every server but Redis >= 7.4, Valkey included, hence this one.)
+    """
+
+    MAX_KEYS = 10_000
+
+    def __init__(self, url: str):
+        self.url = url
+        self.lock = threading.Lock()
+        self.start_lock = threading.Lock()
+        self.entries: dict[str, dict[Hashable, Any]] = {}
+        self.epoch = 0
+        self.listening = False
+
+    def read(self, key: str, op: Hashable, fetch: Callable[[], Any]) -> Any:
+        with self.lock:
+            ops = self.entries.get(key)
+            if ops is not None and op in ops:
+                return ops[op]
+        self._ensure_listening()
+        with self.lock:
+            epoch = self.epoch
+        reply = fetch()
+        with self.lock:
+            if self.listening and self.epoch == epoch:
+                if key not in self.entries and len(self.entries) >= self.MAX_KEYS:
+                    del self.entries[next(iter(self.entries))]
+                self.entries.setdefault(key, {})[op] = reply
+        return reply
+
+    def invalidate(self, keys: Iterable[str] | None) -> None:
+        """Drop the replies cached for ``keys`` (all of them for None)."""
+        with self.lock:
+            self.epoch += 1
+            if keys is None:
+                self.entries.clear()
+            else:
+                for key in keys:
+                    self.entries.pop(key, None)
+
+    def _ensure_listening(self) -> None:
+        if self.listening:
+            return
+        with self.start_lock:
+            if self.listening:
+                return
+            timeout = resolve_config().state_timeout
+            client = redis.Redis.from_url(
+                self.url, protocol=3, socket_connect_timeout=timeout, socket_timeout=timeout,
+                retry=Retry(NoBackoff(), 0),
+            )
+            conn = client.connection_pool.get_connection()
+            try:
+                conn._parser.set_invalidation_push_handler(lambda push: push)  # return pushes to the reader
+                conn.send_command("CLIENT", "TRACKING", "ON", "BCAST", "PREFIX", _OBJ_PREFIX)
+                conn.read_response()
+            except BaseException:
+                conn.disconnect()
+                raise
+            with self.lock:
+                self.listening = True
+            threading.Thread(
+                target=self._listen, args=(client, conn, timeout), name="cloudbutton-state-invalidations",
+                daemon=True,
+            ).start()
+
+    def _listen(self, client: redis.Redis, conn, timeout: float) -> None:
+        """Apply invalidations until the connection fails or the server is silent for two timeouts.
+
+        ``client`` is held only so that its pool (which would close ``conn`` when collected) lives as long.
+        """
+        pinged = False
+        try:
+            while True:
+                try:
+                    push = conn.read_response(push_request=True, timeout=timeout, disconnect_on_error=False)
+                except redis.TimeoutError:
+                    if pinged:
+                        return
+                    conn.send_command("PING")
+                    pinged = True
+                    continue
+                if isinstance(push, list) and len(push) == 2 and push[0] in (b"invalidate", "invalidate"):
+                    keys = push[1]
+                    self.invalidate(None if keys is None else [k.decode() if isinstance(k, bytes) else k
+                                                               for k in keys])
+                else:  # the reply to our PING
+                    pinged = False
+        except Exception:
+            return
+        finally:
+            with self.lock:
+                self.listening = False
+                self.epoch += 1
+                self.entries.clear()
+            conn.disconnect()
+
+
+def _tracker_for(url: str) -> _Tracker:
+    tracker = _trackers.get(url)
+    if tracker is not None and _clients_pid == os.getpid():
+        return tracker
+    with _clients_lock:
+        _forked()
+        return _trackers.setdefault(url, _Tracker(url))
+
+
+def _invalidate_local(url: str, keys: list[str]) -> None:
+    """Drop this process's cached replies for ``keys`` after a write, so it reads its own writes at once."""
+    tracker = _trackers.get(url)
+    if tracker is not None and _clients_pid == os.getpid():
+        tracker.invalidate(keys)
+
+
+# --- the base handle ----------------------------------------------------------------------------------
+
 class SharedObject:
-    """Base of the shared-object handles: a name, a store URL and a lazily made connection."""
+    """Base of the shared-object handles: a name, a store URL and a lazily made connection.
+
+    Subclasses read with :meth:`_read` and write with :meth:`_write`, which apply the handle's ``ttl``,
+    ``consistency`` and ``replicas``; objects stored under several keys list them in :meth:`_keys`.
+    """
 
     _type_name = "object"
 
-    def __init__(self, name: str, url: str | None = None):
+    def __init__(self, name: str, url: str | None = None, *, ttl: float | None = None,
+                 consistency: str = "strong", replicas: int = 0):
         if not isinstance(name, str) or not name:
             raise ValueError(f"a shared object's name must be a non-empty string, not {name!r}")
+        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0):
+            raise ValueError(f"ttl of {type(self).__name__}({name!r}) must be a positive number of seconds, "
+                             f"not {ttl!r}")
+        if consistency not in CONSISTENCY_LEVELS:
+            raise ValueError(f"consistency of {type(self).__name__}({name!r}) must be one of "
+                             f"{', '.join(CONSISTENCY_LEVELS)}, not {consistency!r}")
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
+            raise ValueError(f"replicas of {type(self).__name__}({name!r}) must be an int >= 0, not {replicas!r}")
         self.name = name
         self.url = url or state_url()
+        self.ttl = ttl
+        self.consistency = consistency
+        self.replicas = replicas
         self._redis: redis.Redis | None = None
         self._pid = 0
-        self._key = PREFIX + "obj:" + name
+        self._deleted = False
+        self._key = _OBJ_PREFIX + name
+        self._type_key = _TYPE_PREFIX + name
+        self._token = (self.url, name, self._type_name)  # in _checked once this process claimed the name
 
     @classmethod
     def _from_handle(cls, name: str, url: str):
@@ -126,7 +316,8 @@ class SharedObject:
         return self
 
     def __reduce__(self):
-        return type(self)._from_handle, (self.name, self.url)
+        settings = {"ttl": self.ttl, "consistency": self.consistency, "replicas": self.replicas}
+        return type(self)._from_handle, (self.name, self.url), settings
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
@@ -137,19 +328,30 @@ class SharedObject:
     def __hash__(self) -> int:
         return hash((type(self).__name__, self.name, self.url))
 
+    def _keys(self) -> list[str]:
+        """The keys holding this object's data (expired and deleted together with its type record)."""
+        return [self._key]
+
+    @property
+    def _ttl_ms(self) -> int:
+        return max(1, round(self.ttl * 1000)) if self.ttl else 0
+
     @property
     def _r(self) -> redis.Redis:
+        if self._deleted:
+            raise StateError(f"{self!r} was deleted through this handle; construct a new handle to use the "
+                             "name again")
         r = self._redis
-        if r is None or self._pid != os.getpid():
+        if r is None or self._pid != os.getpid() or self._token not in _checked:  # the latter: deleted elsewhere
             r = self._redis = self._connect()
             self._pid = os.getpid()
         return r
 
     def _connect(self) -> redis.Redis:
         r = _client_for(self.url)
-        token = (self.url, self.name, self._type_name)
+        token = self._token
         if token not in _checked:
-            found = r.eval(_CLAIM_TYPE, 1, _TYPES_KEY, self.name, self._type_name)
+            found = run_script(r, _CLAIM_TYPE, [self._type_key], [self._type_name, self._ttl_ms])
             found = found.decode() if isinstance(found, bytes) else found
             if found != self._type_name:
                 raise StateError(
@@ -159,17 +361,59 @@ class SharedObject:
             _checked.add(token)
         return r
 
-    @_state_op
-    def delete(self) -> None:
-        """Remove the object and its type record from the store (the name can then be reused)."""
+    def _read(self, op: Hashable, fetch: Callable[[redis.Redis], Any]) -> Any:
+        """The reply of ``fetch(client)``, a read of this object; ``op`` names the read (its cache key)."""
         r = self._r
-        with r.pipeline(transaction=True) as p:
-            p.delete(self._key)
-            p.hdel(_TYPES_KEY, self.name)
-            p.execute()
-        _checked.discard((self.url, self.name, self._type_name))
+        if self.consistency == "strong":
+            return fetch(r)
+        return _tracker_for(self.url).read(self._key, op, lambda: fetch(r))
+
+    def _write(self, command: Callable[[Any], Any], touch: bool = True) -> Any:
+        """Run ``command(client)``, one write command on this object, and return its reply.
+
+        With a ttl (and ``touch``) the expiry of the object's keys and type record is refreshed in the same
+        round trip; with replicas, WAIT for them on the same connection.
+        """
+        r = self._r
+        ttl_ms = self._ttl_ms if touch else 0
+        if not ttl_ms and not self.replicas:
+            reply = command(r)
+            _invalidate_local(self.url, self._keys())
+            return reply
+        client = _client_for(self.url, waiting=True) if self.replicas else r
+        wait_s = client.get_connection_kwargs()["socket_timeout"] / 2 if self.replicas else 0.0  # state_timeout
+        with client.pipeline(transaction=False) as p:
+            command(p)
+            if ttl_ms:
+                p.set(self._type_key, self._type_name, nx=True, px=ttl_ms)  # recreated if it expired alone
+                for key in (*self._keys(), self._type_key):
+                    p.pexpire(key, ttl_ms)
+            if self.replicas:
+                p.execute_command("WAIT", self.replicas, max(1, round(wait_s * 1000)))
+            replies = p.execute()
+        _invalidate_local(self.url, self._keys())
+        if self.replicas and replies[-1] < self.replicas:
+            raise StateError(
+                f"a write to {self!r} at {_redacted(self.url)} was acknowledged by {replies[-1]} of "
+                f"{self.replicas} replicas within {wait_s} s (state_timeout); it is applied on the primary only"
+            )
+        return replies[0]
+
+    def delete(self) -> None:
+        """Remove the object and its type record from the store and end this handle (see "Lifetime")."""
+        if self._deleted:
+            return
+        self._delete()
+        _checked.discard(self._token)
+        self._deleted = True
         self._redis = None
 
+    @_state_op
+    def _delete(self) -> None:
+        self._write(lambda c: c.delete(*self._keys(), self._type_key), touch=False)
+
+
+# --- numbers and references ---------------------------------------------------------------------------
 
 class AtomicInt(SharedObject):
     """An integer shared by name; every operation is atomic on the server.
@@ -180,28 +424,32 @@ class AtomicInt(SharedObject):
 
     _type_name = "AtomicInt"
 
-    def __init__(self, name: str, initial: int | None = None, url: str | None = None):
-        super().__init__(name, url)
-        self._open(initial)
+    def __init__(self, name: str, initial: int | None = None, url: str | None = None, *,
+                 ttl: float | None = None, consistency: str = "strong", replicas: int = 0):
+        super().__init__(name, url, ttl=ttl, consistency=consistency, replicas=replicas)
+        self._open(None if initial is None else _int(initial))
 
     @_state_op
     def _open(self, initial: int | None) -> None:
-        r = self._r
-        if initial is not None:
-            r.set(self._key, _int(initial), nx=True)
+        if initial is None:
+            self._r  # noqa: B018  (connect and claim the name now, so a clash is raised here)
+        else:
+            self._write(lambda c: c.set(self._key, initial, nx=True))
 
     @_state_op
     def get(self) -> int:
-        value = self._r.get(self._key)
+        value = self._read("get", lambda r: r.get(self._key))
         return 0 if value is None else int(value)
 
     @_state_op
     def set(self, value: int) -> None:
-        self._r.set(self._key, _int(value))
+        value = _int(value)
+        self._write(lambda c: c.set(self._key, value, keepttl=True))
 
     @_state_op
     def add_and_get(self, delta: int) -> int:
-        return self._r.incrby(self._key, _int(delta))
+        delta = _int(delta)
+        return int(self._write(lambda c: c.incrby(self._key, delta)))
 
     def increment(self, delta: int = 1) -> int:
         """Add ``delta`` (default 1); return the new value."""
@@ -214,13 +462,153 @@ class AtomicInt(SharedObject):
     @_state_op
     def compare_and_set(self, expected: int, new: int) -> bool:
         """Set to ``new`` only if the value is ``expected``; return whether it was set."""
-        return bool(run_script(self._r, _INT_CAS, [self._key], [str(_int(expected)), str(_int(new))]))
+        args = [str(_int(expected)), str(_int(new))]
+        return bool(self._write(lambda c: run_script(c, _INT_CAS, [self._key], args)))
 
 
 def _int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"AtomicInt values must be int, not {type(value).__name__}")
     return value
+
+
+_FLOAT_ADD = """
+local v = tonumber(redis.call('GET', KEYS[1]) or '0') + tonumber(ARGV[1])
+if v ~= v or v == math.huge or v == -math.huge then return false end
+local s = string.format('%.17g', v)
+redis.call('SET', KEYS[1], s, 'KEEPTTL')
+return s
+"""
+
+_FLOAT_CAS = """
+if tonumber(redis.call('GET', KEYS[1]) or '0') == tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+  return 1
+end
+return 0
+"""
+
+
+def _float(value: Any) -> str:
+    """``value`` as the text the server stores (Python's shortest repr, which Lua parses to the same double)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"AtomicFloat values must be float or int, not {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"AtomicFloat values must be finite, not {value!r}")
+    return repr(value)
+
+
+class AtomicFloat(SharedObject):
+    """A float shared by name; every operation is atomic on the server. A missing float reads as 0.0.
+
+    Arithmetic is done server-side in IEEE doubles (a Lua script, not ``INCRBYFLOAT``, whose long double
+    rounding differs from Python's), so ``add(0.1); add(0.2)`` gives exactly ``0.1 + 0.2``.
+    """
+
+    _type_name = "AtomicFloat"
+
+    def __init__(self, name: str, initial: float | None = None, url: str | None = None, *,
+                 ttl: float | None = None, consistency: str = "strong", replicas: int = 0):
+        super().__init__(name, url, ttl=ttl, consistency=consistency, replicas=replicas)
+        self._open(None if initial is None else _float(initial))
+
+    @_state_op
+    def _open(self, initial: str | None) -> None:
+        if initial is None:
+            self._r  # noqa: B018
+        else:
+            self._write(lambda c: c.set(self._key, initial, nx=True))
+
+    @_state_op
+    def get(self) -> float:
+        value = self._read("get", lambda r: r.get(self._key))
+        return 0.0 if value is None else float(value)
+
+    @_state_op
+    def set(self, value: float) -> None:
+        text = _float(value)
+        self._write(lambda c: c.set(self._key, text, keepttl=True))
+
+    @_state_op
+    def add_and_get(self, delta: float) -> float:
+        """Add ``delta``; return the new value (ValueError if it would not be finite; nothing is changed)."""
+        text = _float(delta)
+        result = self._write(lambda c: run_script(c, _FLOAT_ADD, [self._key], [text]))
+        if result is None:
+            raise ValueError(f"adding {delta!r} to {self!r} would make it infinite; it was left unchanged")
+        return float(result)
+
+    def add(self, delta: float) -> float:
+        """Same as :meth:`add_and_get`."""
+        return self.add_and_get(delta)
+
+    @_state_op
+    def compare_and_set(self, expected: float, new: float) -> bool:
+        """Set to ``new`` only if the value equals ``expected`` (numerically); return whether it was set."""
+        args = [_float(expected), _float(new)]
+        return bool(self._write(lambda c: run_script(c, _FLOAT_CAS, [self._key], args)))
+
+
+_BYTES_CAS = """
+local v = redis.call('GET', KEYS[1])
+if (v == false and ARGV[1] == '') or v == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+  return 1
+end
+return 0
+"""
+
+
+class AtomicReference(SharedObject):
+    """Any picklable value shared by name; a missing value reads as None.
+
+    ``compare_and_set`` compares with ``==`` in the caller, then swaps only if the stored bytes are still
+    the ones it compared (server-side), retrying if another process changed the value meanwhile.
+    """
+
+    _type_name = "AtomicReference"
+
+    def __init__(self, name: str, initial: Any = None, url: str | None = None, *,
+                 ttl: float | None = None, consistency: str = "strong", replicas: int = 0):
+        super().__init__(name, url, ttl=ttl, consistency=consistency, replicas=replicas)
+        self._open(None if initial is None else _dumps(initial, "the initial value"))
+
+    @_state_op
+    def _open(self, data: bytes | None) -> None:
+        if data is None:
+            self._r  # noqa: B018
+        else:
+            self._write(lambda c: c.set(self._key, data, nx=True))
+
+    @_state_op
+    def get(self) -> Any:
+        data = self._read("get", lambda r: r.get(self._key))
+        return None if data is None else pickle.loads(data)
+
+    @_state_op
+    def set(self, value: Any) -> None:
+        data = _dumps(value, "a value")
+        self._write(lambda c: c.set(self._key, data, keepttl=True))
+
+    @_state_op
+    def get_and_set(self, value: Any) -> Any:
+        """Store ``value``; return the previous one (None if there was none)."""
+        data = _dumps(value, "a value")
+        old = self._write(lambda c: c.set(self._key, data, keepttl=True, get=True))
+        return None if old is None else pickle.loads(old)
+
+    @_state_op
+    def compare_and_set(self, expected: Any, new: Any) -> bool:
+        """Set to ``new`` only if the value ``== expected``; return whether it was set."""
+        data = _dumps(new, "a value")
+        while True:
+            current = self._r.get(self._key)
+            if (None if current is None else pickle.loads(current)) != expected:
+                return False
+            args = [current or b"", data]
+            if self._write(lambda c, args=args: run_script(c, _BYTES_CAS, [self._key], args)):
+                return True
 
 
 def run_script(r: redis.Redis, source: str, keys: list, args: list) -> Any:
@@ -255,13 +643,39 @@ def _dumps(value: Any, what: str) -> bytes:
         raise TypeError(f"cannot store {what} of type {type(value).__name__} in shared state: {e}") from None
 
 
+# --- containers ---------------------------------------------------------------------------------------
+
+_DICT_POP = """
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if v then redis.call('HDEL', KEYS[1], ARGV[1]) end
+return v
+"""
+
+_DICT_POPITEM = """
+local pair = redis.call('HRANDFIELD', KEYS[1], 1, 'WITHVALUES')
+if pair[1] then redis.call('HDEL', KEYS[1], pair[1]) end
+return pair
+"""
+
+_DICT_SETDEFAULT = """
+redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
+return redis.call('HGET', KEYS[1], ARGV[1])
+"""
+
+_MISSING = object()
+
+
 class SharedDict(SharedObject, MutableMapping):
-    """A dict shared by name (a Redis hash); keys are hashable, values any picklable object."""
+    """A dict shared by name (a Redis hash); keys are hashable, values any picklable object.
+
+    ``pop``, ``popitem``, ``setdefault`` and ``update`` are each one atomic round trip.
+    """
 
     _type_name = "SharedDict"
 
-    def __init__(self, name: str, url: str | None = None):
-        super().__init__(name, url)
+    def __init__(self, name: str, url: str | None = None, *, ttl: float | None = None,
+                 consistency: str = "strong", replicas: int = 0):
+        super().__init__(name, url, ttl=ttl, consistency=consistency, replicas=replicas)
         self._open()
 
     @_state_op
@@ -270,7 +684,8 @@ class SharedDict(SharedObject, MutableMapping):
 
     @_state_op
     def __getitem__(self, key: Any) -> Any:
-        data = self._r.hget(self._key, _encode_key(key))
+        field = _encode_key(key)
+        data = self._read(("hget", field), lambda r: r.hget(self._key, field))
         if data is None:
             raise KeyError(key)
         return pickle.loads(data)
@@ -279,11 +694,12 @@ class SharedDict(SharedObject, MutableMapping):
     def __setitem__(self, key: Any, value: Any) -> None:
         field = _encode_key(key)
         data = _dumps(value, f"the value for key {key!r}")
-        self._r.hset(self._key, field, data)
+        self._write(lambda c: c.hset(self._key, field, data))
 
     @_state_op
     def __delitem__(self, key: Any) -> None:
-        if not self._r.hdel(self._key, _encode_key(key)):
+        field = _encode_key(key)
+        if not self._write(lambda c: c.hdel(self._key, field)):
             raise KeyError(key)
 
     @_state_op
@@ -292,15 +708,15 @@ class SharedDict(SharedObject, MutableMapping):
             field = _encode_key(key)
         except TypeError:
             return False
-        return bool(self._r.hexists(self._key, field))
+        return bool(self._read(("hexists", field), lambda r: r.hexists(self._key, field)))
 
     @_state_op
     def __len__(self) -> int:
-        return self._r.hlen(self._key)
+        return self._read("hlen", lambda r: r.hlen(self._key))
 
     @_state_op
     def _fields(self) -> list[bytes]:
-        return self._r.hkeys(self._key)
+        return self._read("hkeys", lambda r: r.hkeys(self._key))
 
     def __iter__(self) -> Iterator[Any]:
         """Iterate over a snapshot of the keys taken when iteration starts."""
@@ -309,11 +725,250 @@ class SharedDict(SharedObject, MutableMapping):
     @_state_op
     def to_dict(self) -> dict[Any, Any]:
         """A local copy of the whole dict, read in one round trip."""
-        return {_decode_key(k): pickle.loads(v) for k, v in self._r.hgetall(self._key).items()}
+        items = self._read("hgetall", lambda r: r.hgetall(self._key))
+        return {_decode_key(k): pickle.loads(v) for k, v in items.items()}
+
+    @_state_op
+    def pop(self, key: Any, default: Any = _MISSING) -> Any:
+        field = _encode_key(key)
+        data = self._write(lambda c: run_script(c, _DICT_POP, [self._key], [field]))
+        if data is not None:
+            return pickle.loads(data)
+        if default is _MISSING:
+            raise KeyError(key)
+        return default
+
+    @_state_op
+    def popitem(self) -> tuple[Any, Any]:
+        """Remove and return some (key, value) pair; KeyError if the dict is empty."""
+        pair = self._write(lambda c: run_script(c, _DICT_POPITEM, [self._key], []))
+        if not pair:
+            raise KeyError(f"popitem(): {self!r} is empty")
+        return _decode_key(pair[0]), pickle.loads(pair[1])
+
+    @_state_op
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        field = _encode_key(key)
+        data = _dumps(default, f"the value for key {key!r}")
+        return pickle.loads(self._write(lambda c: run_script(c, _DICT_SETDEFAULT, [self._key], [field, data])))
+
+    @_state_op
+    def update(self, other: Any = (), /, **kwargs: Any) -> None:
+        """Set all the items given (like ``dict.update``) in one round trip."""
+        items = {**dict(other), **kwargs}
+        mapping = {_encode_key(k): _dumps(v, f"the value for key {k!r}") for k, v in items.items()}
+        if mapping:
+            self._write(lambda c: c.hset(self._key, mapping=mapping))
 
     @_state_op
     def clear(self) -> None:
-        self._r.delete(self._key)
+        self._write(lambda c: c.delete(self._key))
+
+    __hash__ = SharedObject.__hash__
+    __eq__ = SharedObject.__eq__
+
+
+_REMOVED = b"\x00cloudbutton:removed"  # never a pickle (those start with \x80), so never a stored item
+
+_LIST_SLICE = """
+local n = redis.call('LLEN', KEYS[1])
+local step = tonumber(ARGV[3])
+local function bound(a, default, lower, upper)
+  if a == '' then return default end
+  local i = tonumber(a)
+  if i < 0 then
+    i = i + n
+    if i < lower then i = lower end
+  elseif i > upper then i = upper end
+  return i
+end
+local out = {}
+if step > 0 then
+  local start, stop = bound(ARGV[1], 0, 0, n), bound(ARGV[2], n, 0, n)
+  if start >= stop then return out end
+  local items = redis.call('LRANGE', KEYS[1], start, stop - 1)
+  for j = 1, #items, step do out[#out + 1] = items[j] end
+else
+  local start, stop = bound(ARGV[1], n - 1, -1, n - 1), bound(ARGV[2], -1, -1, n - 1)
+  if start <= stop then return out end
+  local items = redis.call('LRANGE', KEYS[1], stop + 1, start)
+  for j = #items, 1, step do out[#out + 1] = items[j] end
+end
+return out
+"""
+
+_LIST_SET = """
+local n = redis.call('LLEN', KEYS[1])
+local i = tonumber(ARGV[1])
+if i < 0 then i = i + n end
+if i < 0 or i >= n then return 0 end
+redis.call('LSET', KEYS[1], i, ARGV[2])
+return 1
+"""
+
+_LIST_POP = """
+local n = redis.call('LLEN', KEYS[1])
+local i = tonumber(ARGV[1])
+if i < 0 then i = i + n end
+if i < 0 or i >= n then return -1 end
+local v = redis.call('LINDEX', KEYS[1], i)
+if ARGV[2] ~= '' and v ~= ARGV[2] then return 0 end
+if i == 0 then redis.call('LPOP', KEYS[1])
+elseif i == n - 1 then redis.call('RPOP', KEYS[1])
+else
+  redis.call('LSET', KEYS[1], i, ARGV[3])
+  redis.call('LREM', KEYS[1], 1, ARGV[3])
+end
+return v
+"""
+
+_LIST_INSERT = """
+local n = redis.call('LLEN', KEYS[1])
+local i = tonumber(ARGV[1])
+if i < 0 then i = math.max(i + n, 0) end
+if i >= n then return redis.call('RPUSH', KEYS[1], ARGV[2]) end
+if i == 0 then return redis.call('LPUSH', KEYS[1], ARGV[2]) end
+local old = redis.call('LINDEX', KEYS[1], i)
+redis.call('LSET', KEYS[1], i, ARGV[3])
+redis.call('LINSERT', KEYS[1], 'BEFORE', ARGV[3], ARGV[2])
+redis.call('LSET', KEYS[1], i + 1, old)
+return n + 1
+"""
+
+_LIST_REVERSE = """
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+for j = 1, #items do redis.call('LSET', KEYS[1], j - 1, items[#items - j + 1]) end
+return #items
+"""
+
+
+def _slice_arg(value: Any) -> str:
+    return "" if value is None else str(operator.index(value))
+
+
+class SharedList(SharedObject, MutableSequence):
+    """A list shared by name (a Redis list) of any picklable values.
+
+    Every method is one round trip and atomic on the server: ``append``/``extend`` (one ``RPUSH``),
+    indexing (negative too) and slice reads, ``lst[i] = v``, ``del lst[i]``, ``pop``, ``insert``,
+    ``reverse``. ``remove(value)`` finds the first item ``== value`` in a snapshot and deletes it only if
+    that position still holds it (retrying otherwise). Slice assignment and slice deletion are not
+    supported (TypeError). Iteration, ``in``, ``index`` and ``count`` work on one snapshot.
+    """
+
+    _type_name = "SharedList"
+
+    def __init__(self, name: str, url: str | None = None, *, ttl: float | None = None,
+                 consistency: str = "strong", replicas: int = 0):
+        super().__init__(name, url, ttl=ttl, consistency=consistency, replicas=replicas)
+        self._open()
+
+    @_state_op
+    def _open(self) -> None:
+        self._r  # noqa: B018  (connect and claim the name now, so a clash is raised here)
+
+    @_state_op
+    def __len__(self) -> int:
+        return self._read("llen", lambda r: r.llen(self._key))
+
+    @_state_op
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            if index.step == 0:
+                raise ValueError("slice step cannot be zero")
+            args = [_slice_arg(index.start), _slice_arg(index.stop), _slice_arg(index.step or 1)]
+            items = self._read(("slice", *args), lambda r: run_script(r, _LIST_SLICE, [self._key], args))
+            return [pickle.loads(data) for data in items]
+        i = operator.index(index)
+        data = self._read(("lindex", i), lambda r: r.lindex(self._key, i))
+        if data is None:
+            raise IndexError(f"{self!r} index {i} out of range")
+        return pickle.loads(data)
+
+    @_state_op
+    def __setitem__(self, index, value: Any) -> None:
+        if isinstance(index, slice):
+            raise TypeError(f"{self!r} does not support slice assignment")
+        args = [str(operator.index(index)), _dumps(value, "a list item")]
+        if not self._write(lambda c: run_script(c, _LIST_SET, [self._key], args)):
+            raise IndexError(f"{self!r} assignment index {index} out of range")
+
+    def __delitem__(self, index) -> None:
+        if isinstance(index, slice):
+            raise TypeError(f"{self!r} does not support slice deletion")
+        self.pop(index)
+
+    @_state_op
+    def _pop(self, index: int, expected: bytes | None) -> Any:
+        """Remove the item at ``index`` (only if its bytes are ``expected``, when given); return its bytes.
+
+        Returns -1 if the index is out of range, 0 if the item is not ``expected``.
+        """
+        args = [str(operator.index(index)), expected or b"", _REMOVED]
+        return self._write(lambda c: run_script(c, _LIST_POP, [self._key], args))
+
+    def pop(self, index: int = -1) -> Any:
+        """Remove and return the item at ``index`` (default last), atomically."""
+        data = self._pop(index, None)
+        if data == -1:
+            raise IndexError(f"pop index {index} out of range for {self!r}")
+        return pickle.loads(data)
+
+    def remove(self, value: Any) -> None:
+        """Remove the first item ``== value`` (ValueError if there is none)."""
+        while True:
+            found = next(((i, data) for i, data in enumerate(self._items()) if pickle.loads(data) == value), None)
+            if found is None:
+                raise ValueError(f"{value!r} is not in {self!r}")
+            if self._pop(*found) not in (0, -1):
+                return
+
+    @_state_op
+    def insert(self, index: int, value: Any) -> None:
+        """Insert ``value`` before ``index`` (clamped like ``list.insert``), atomically."""
+        args = [str(operator.index(index)), _dumps(value, "a list item"), _REMOVED]
+        self._write(lambda c: run_script(c, _LIST_INSERT, [self._key], args))
+
+    @_state_op
+    def append(self, value: Any) -> None:
+        data = _dumps(value, "a list item")
+        self._write(lambda c: c.rpush(self._key, data))
+
+    @_state_op
+    def extend(self, values: Iterable[Any]) -> None:
+        """Append all ``values`` in one round trip."""
+        data = [_dumps(v, "a list item") for v in list(values)]
+        if data:
+            self._write(lambda c: c.rpush(self._key, *data))
+
+    @_state_op
+    def reverse(self) -> None:
+        self._write(lambda c: run_script(c, _LIST_REVERSE, [self._key], []))
+
+    @_state_op
+    def clear(self) -> None:
+        self._write(lambda c: c.delete(self._key))
+
+    @_state_op
+    def _items(self) -> list[bytes]:
+        return self._read("lrange", lambda r: r.lrange(self._key, 0, -1))
+
+    def to_list(self) -> list[Any]:
+        """A local copy of the whole list, read in one round trip."""
+        return [pickle.loads(data) for data in self._items()]
+
+    def __iter__(self) -> Iterator[Any]:
+        """Iterate over a snapshot of the items taken when iteration starts."""
+        return iter(self.to_list())
+
+    def __reversed__(self) -> Iterator[Any]:
+        return reversed(self.to_list())
+
+    def index(self, value: Any, start: int = 0, stop: int = sys.maxsize) -> int:
+        return self.to_list().index(value, start, stop)
+
+    def count(self, value: Any) -> int:
+        return self.to_list().count(value)
 
     __hash__ = SharedObject.__hash__
     __eq__ = SharedObject.__eq__
