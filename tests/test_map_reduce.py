@@ -2,6 +2,7 @@
 
 import os
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -191,3 +192,37 @@ def test_stored_arguments_missing_when_a_call_starts_is_a_storage_error(tmp_path
     assert first == 1
     assert isinstance(second, StorageError) and "cannot read call data" in str(second)
     assert "args/00001" in str(second)
+
+
+# --- other storage: real S3 (moto) and HTTP ----------------------------------------------------
+
+
+def aws_env():
+    """The caller's AWS_* settings, for workers started before they were set (pools are shared)."""
+    return {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+
+
+def test_map_reduce_over_objects_on_s3(s3_url, sfexec):
+    from cloudbutton.storage import Storage
+
+    storage = Storage(s3_url)
+    texts = {"books/a.txt": TEXT[:2000], "books/b.txt": "alpha beta\nbeta\n", "other/c.txt": "not me\n"}
+    for key, text in texts.items():
+        storage.put_object(key, text)
+    prefix = f"{s3_url}/books/"
+    futures = sfexec.map_reduce(count_words, prefix, merge, obj_chunk_size=700, extra_env=aws_env())
+    expected = Counter(texts["books/a.txt"].encode().split()) + Counter(texts["books/b.txt"].encode().split())
+    assert sfexec.get_result(futures) == [expected]
+    per_object = sfexec.map_reduce(
+        count_words, prefix, merge, obj_chunk_size=700, reducer_one_per_object=True, extra_env=aws_env()
+    )
+    assert sfexec.get_result(per_object) == [Counter(texts[k].encode().split()) for k in ("books/a.txt", "books/b.txt")]
+    with pytest.raises(StorageError, match="no objects at"):
+        sfexec.map(count_words, f"{s3_url}/nothing-here/")
+
+
+def test_map_over_an_object_served_over_http(http_server, sfexec):
+    (Path(http_server.directory) / "served.txt").write_text(TEXT)
+    parts = sfexec.get_result(sfexec.map(lines_of, [f"{http_server.url}/served.txt"], obj_chunk_number=3))
+    assert len(parts) == 3
+    assert "".join(line for part in parts for line in part) == TEXT

@@ -1,6 +1,9 @@
 """The storage partitioner: every line seen by exactly one partition, planning reads no object."""
 
+import functools
+import http.server
 import pickle
+import threading
 import uuid
 
 import fsspec
@@ -70,7 +73,7 @@ def text_objects(draw):
 def test_partitions_reassemble_the_object_exactly(
     tmp_path, monkeypatch, scheme, data, chunk, by_number, newline, block
 ):
-    monkeypatch.setattr(partition_module, "_BLOCK", block)  # separators straddling read blocks
+    monkeypatch.setattr(partition_module, "_PROBE", block)  # separators straddling read blocks
     base = f"file://{tmp_path}" if scheme == "file" else f"memory://{uuid.uuid4().hex}"
     url = f"{base}/obj-{uuid.uuid4().hex}.txt"
     _write(url, data)
@@ -107,33 +110,60 @@ def test_every_object_under_a_prefix_is_reassembled(objects, chunk):
     assert [_read_all(by_url[f"{prefix.replace('://', ':///')}obj-{i}.txt"]) for i in range(len(objects))] == objects
 
 
-def test_an_object_that_changed_size_is_detected(tmp_path):
-    path = tmp_path / "grows.txt"
-    path.write_bytes(b"a\nb\n")
-    (part,) = plan_partitions(str(path))
-    path.write_bytes(b"a\nb\nc\n")
-    with pytest.raises(StorageError, match="changed size"):
-        part.data_stream.read()
+@pytest.fixture(params=["file", "s3"])
+def base(request, tmp_path):
+    """A folder URL with nothing in it yet: a local directory, or a fresh prefix on a real S3 server."""
+    if request.param == "s3":
+        return request.getfixturevalue("s3_url")
+    return f"file://{tmp_path}"
 
 
-def test_lines_longer_than_a_chunk_and_empty_objects(tmp_path):
+def _write_elsewhere(url: str, data: bytes) -> None:
+    """Write as another client would: through a filesystem instance of its own (no shared caches)."""
+    options = {"auto_mkdir": True} if url.startswith("file://") else {}
+    with fsspec.open(url, "wb", skip_instance_cache=True, **options) as f:
+        f.write(data)
+
+
+def test_an_object_that_changed_size_is_detected(base):
+    _write(f"{base}/grows.txt", b"a\nb\n")
+    _write(f"{base}/other.txt", b"x\n")
+    parts = plan_partitions(base)  # a prefix: sizes come from one listing
+    _write_elsewhere(f"{base}/grows.txt", b"a\nb\nc\n")
+    with pytest.raises(StorageError, match="changed size") as info:
+        parts[0].data_stream.read()
+    assert f"{base}/grows.txt" in str(info.value) and "4 -> 6 bytes" in str(info.value)
+    assert parts[1].data_stream.read() == b"x\n"
+
+
+def test_lines_longer_than_a_chunk_and_empty_objects(base):
     data = b"a" * 50 + b"\n" + b"b\n" + b"c" * 30
-    (tmp_path / "long.txt").write_bytes(data)
-    (tmp_path / "empty.txt").write_bytes(b"")
-    parts = plan_partitions(f"file://{tmp_path}/long.txt", chunk_size=4)
+    _write(f"{base}/long.txt", data)
+    _write(f"{base}/empty.txt", b"")
+    parts = plan_partitions(f"{base}/long.txt", chunk_size=4)
     pieces = [p.data_stream.read() for p in parts]
     assert [x for x in pieces if x] == [b"a" * 50 + b"\n", b"b\n", b"c" * 30]
-    empty = plan_partitions(str(tmp_path / "empty.txt"), chunk_size=4)
+    empty = plan_partitions(f"{base}/empty.txt", chunk_size=4)
     assert len(empty) == 1 and empty[0].size == 0 and empty[0].data_stream.read() == b""
 
 
-def test_partition_attributes(tmp_path):
-    (tmp_path / "d.txt").write_bytes(b"0123456789")
-    parts = plan_partitions(f"file://{tmp_path}/d.txt", chunk_size=4, newline=None)
+@pytest.mark.parametrize("newline", ["\n", "\r\n", None])
+def test_partitions_reassemble_exactly(base, newline):
+    """A few fixed cases of the property test above, on every storage (range reads are slow on moto)."""
+    data = b"".join(b"%d %s\r\n" % (i, b"x" * (i % 5)) for i in range(12)) + b"no newline at the end"
+    _write(f"{base}/obj.txt", data)
+    for options in [{"chunk_size": 4}, {"chunk_size": 40}, {"chunk_number": 3}]:
+        parts = plan_partitions(f"{base}/obj.txt", newline=newline, **options)
+        assert _read_all(parts) == data, options
+
+
+def test_partition_attributes(base):
+    _write(f"{base}/d.txt", b"0123456789")
+    parts = plan_partitions(f"{base}/d.txt", chunk_size=4, newline=None)
     assert [p.data_byte_range for p in parts] == [(0, 4), (4, 8), (8, 10)]
     assert all(p.chunk_size == 4 and p.size == 10 and p.key.endswith("d.txt") for p in parts)
-    assert parts[0].url == f"file://{tmp_path}/d.txt"
-    assert [p.data_byte_range for p in plan_partitions(str(tmp_path), chunk_number=2, newline=None)] == [
+    assert parts[0].url == f"{base}/d.txt"
+    assert [p.data_byte_range for p in plan_partitions(base, chunk_number=2, newline=None)] == [
         (0, 5),
         (5, 10),
     ]
@@ -156,13 +186,46 @@ def test_bad_arguments_are_value_errors(tmp_path, kwargs):
         plan_partitions(str(tmp_path / "d.txt"), **kwargs)
 
 
-def test_missing_objects_are_storage_errors_naming_the_url(tmp_path):
-    for url in [f"file://{tmp_path}/nope.txt", f"file://{tmp_path}/*.csv", "memory://no/such/prefix/"]:
-        with pytest.raises(StorageError, match=url.replace("*", r"\*")):
+def test_missing_objects_are_storage_errors_naming_the_url(base):
+    _write(f"{base}/present.txt", b"x\n")
+    for url in [f"{base}/nope.txt", f"{base}/*.csv", f"{base}/no/such/prefix/", "memory://no/such/prefix/"]:
+        with pytest.raises(StorageError, match="no objects at " + url.replace("*", r"\*")):
             plan_partitions(url)
+
+
+def test_an_empty_folder_has_no_objects(tmp_path):
     (tmp_path / "empty_dir").mkdir()
     with pytest.raises(StorageError, match="empty_dir"):
         plan_partitions(f"file://{tmp_path}/empty_dir")
+
+
+def test_a_missing_bucket_is_a_storage_error_naming_the_url(s3):
+    url = f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/data/"
+    with pytest.raises(StorageError, match="bucket does not exist") as info:
+        plan_partitions(url)
+    assert url in str(info.value)
+
+
+def test_refused_credentials_when_planning_and_when_reading(s3, s3_url, s3_checking_credentials):
+    refused = {"endpoint_url": s3_checking_credentials, "key": "AKIAUNKNOWN", "secret": "nope"}
+    with pytest.raises(StorageError, match="permission denied") as info:
+        plan_partitions(f"{s3_url}/", storage_options=refused)
+    assert s3_url in str(info.value) and "Access Key Id you provided does not exist" in str(info.value)
+    _write(f"{s3_url}/d.txt", b"1\n2\n")
+    (part,) = plan_partitions(f"{s3_url}/d.txt", storage_options=s3.storage_options)
+    part.storage_options = refused  # as on a worker whose credentials are refused
+    with pytest.raises(StorageError, match="permission denied") as info:
+        part.data_stream.read()
+    assert f"{s3_url}/d.txt" in str(info.value)
+
+
+def test_a_deleted_object_is_a_storage_error_when_read(base):
+    _write(f"{base}/gone.txt", b"1\n2\n")
+    (part,) = plan_partitions(f"{base}/gone.txt")
+    fsspec.open(f"{base}/gone.txt").fs.rm(part.key)
+    with pytest.raises(StorageError, match="no object at") as info:
+        part.data_stream.read()
+    assert "gone.txt" in str(info.value)
 
 
 def test_planning_reads_no_object_and_workers_read_their_own_range():
@@ -177,27 +240,117 @@ def test_planning_reads_no_object_and_workers_read_their_own_range():
     assert CountingFS.opens == 1
 
 
-def test_glob_and_prefix_select_the_right_objects(tmp_path):
+def test_glob_and_prefix_select_the_right_objects(base):
     for name in ["a.csv", "b.csv", "c.txt", "sub/d.csv"]:
-        (tmp_path / name).parent.mkdir(exist_ok=True)
-        (tmp_path / name).write_bytes(b"1\n2\n")
-    keys = lambda parts: sorted({p.key.removeprefix(str(tmp_path) + "/") for p in parts})  # noqa: E731
-    assert keys(plan_partitions(f"file://{tmp_path}/*.csv")) == ["a.csv", "b.csv"]
-    assert keys(plan_partitions(f"file://{tmp_path}/**/*.csv")) == ["a.csv", "b.csv", "sub/d.csv"]
-    assert keys(plan_partitions(f"file://{tmp_path}/sub/")) == ["sub/d.csv"]
-    assert keys(plan_partitions(f"file://{tmp_path}")) == ["a.csv", "b.csv", "c.txt", "sub/d.csv"]
-    assert keys(plan_partitions([f"file://{tmp_path}/c.txt", f"file://{tmp_path}/sub"])) == ["c.txt", "sub/d.csv"]
+        _write(f"{base}/{name}", b"1\n2\n")
+    root = fsspec.core.url_to_fs(base)[1]
+    keys = lambda parts: sorted({p.key.removeprefix(root + "/") for p in parts})  # noqa: E731
+    assert keys(plan_partitions(f"{base}/*.csv")) == ["a.csv", "b.csv"]
+    assert keys(plan_partitions(f"{base}/**/*.csv")) == ["a.csv", "b.csv", "sub/d.csv"]
+    assert keys(plan_partitions(f"{base}/sub/")) == ["sub/d.csv"]
+    assert keys(plan_partitions(base)) == ["a.csv", "b.csv", "c.txt", "sub/d.csv"]
+    assert keys(plan_partitions([f"{base}/c.txt", f"{base}/sub"])) == ["c.txt", "sub/d.csv"]
 
 
 def count_lines(obj):
     return obj.data_stream.read().count(b"\n")
 
 
-def test_map_over_partitions_counts_every_line_once(tmp_path):
-    path = tmp_path / "big.txt"
-    path.write_bytes(b"".join(b"row %d %s\r\n" % (i, b"x" * (i % 37)) for i in range(20000)))
-    partitions = plan_partitions(f"file://{path}", chunk_size=10_000)
+@pytest.mark.parametrize("scheme", ["file", "s3"])
+def test_map_over_partitions_counts_every_line_once(request, tmp_path, scheme):
+    data = b"".join(b"row %d %s\r\n" % (i, b"x" * (i % 37)) for i in range(20000))
+    options = {}
+    if scheme == "s3":  # the partitions carry the options: workers may predate the AWS_* environment
+        url, options = f"{request.getfixturevalue('s3_url')}/big.txt", request.getfixturevalue("s3").storage_options
+    else:
+        url = f"file://{tmp_path}/big.txt"
+    _write(url, data)
+    partitions = plan_partitions(url, chunk_size=10_000, storage_options=options)
     assert len(partitions) > 10
     with FunctionExecutor(max_workers=2) as fexec:
         fexec.map(count_lines, [{"obj": p} for p in partitions])
         assert sum(fexec.get_result()) == 20000
+
+
+# --- HTTP(S) -------------------------------------------------------------------------------------
+
+
+def test_partitions_read_over_http_with_byte_ranges(http_server):
+    name = f"h-{uuid.uuid4().hex}.txt"
+    data = b"".join(b"%d,%s\n" % (i, b"y" * (i % 11)) for i in range(3000))
+    with open(f"{http_server.directory}/{name}", "wb") as f:
+        f.write(data)
+    url = f"{http_server.url}/{name}"
+    parts = plan_partitions(url, chunk_size=1000)
+    assert len(parts) > 10 and all(p.url == url and p.size == len(data) for p in parts)
+    pieces = [pickle.loads(pickle.dumps(p)).data_stream.read() for p in parts]
+    assert b"".join(pieces) == data and all(not x or x.endswith(b"\n") for x in pieces)
+    with FunctionExecutor(max_workers=2) as fexec:
+        assert sum(fexec.get_result(fexec.map(count_lines, [{"obj": p} for p in parts]))) == 3000
+
+
+def test_http_failures_name_the_url(http_server):
+    missing = f"{http_server.url}/no-such-{uuid.uuid4().hex}.txt"
+    with pytest.raises(StorageError, match="no objects at " + missing):
+        plan_partitions(missing)
+    name = f"h-{uuid.uuid4().hex}.txt"
+    with open(f"{http_server.directory}/{name}", "wb") as f:
+        f.write(b"a\nb\n")
+    (part,) = plan_partitions(f"{http_server.url}/{name}")
+    with open(f"{http_server.directory}/{name}", "ab") as f:
+        f.write(b"c\n")
+    with pytest.raises(StorageError, match="changed size"):
+        part.data_stream.read()
+
+
+def test_partitions_on_s3_read_their_own_bytes_and_little_more(s3, s3_url):
+    """Each partition fetches its own range (s3fs would otherwise read ahead 50 MB past its end)."""
+    data = b"".join(b"%06d,%s\n" % (i, b"v" * (i % 23)) for i in range(20000))
+    _write(f"{s3_url}/ranges.csv", data)
+    parts = plan_partitions(f"{s3_url}/ranges.csv", chunk_size=64 * 1024, storage_options=s3.storage_options)
+    fs = fsspec.filesystem("s3", **s3.storage_options)  # the instance the partitions use (fsspec caches it)
+    fetched, call = [], fs._call_s3
+
+    async def counting(method, *args, **kwargs):  # counts what the real server sends back
+        response = await call(method, *args, **kwargs)
+        if method == "get_object":
+            fetched.append(response["ContentLength"])
+        return response
+
+    fs._call_s3 = counting
+    try:
+        assert b"".join(p.data_stream.read() for p in parts) == data
+    finally:
+        del fs._call_s3
+    assert len(parts) > 5 and sum(fetched) < 1.2 * len(data)
+
+
+def test_directory_markers_are_not_objects(s3_url):
+    fs = fsspec.filesystem("s3")
+    fs.touch(fs._strip_protocol(s3_url) + "/folder/")  # an empty "folder/" key, as S3 consoles create
+    _write(f"{s3_url}/folder/data.txt", b"1\n")
+    assert [p.url for p in plan_partitions(f"{s3_url}/")] == [f"{s3_url}/folder/data.txt"]
+    assert [p.url for p in plan_partitions(f"{s3_url}/folder")] == [f"{s3_url}/folder/data.txt"]
+
+
+def test_a_server_without_byte_ranges_is_a_storage_error(tmp_path):
+    """The stdlib's plain handler ignores Range: a partition past the start cannot be read from it."""
+    (tmp_path / "d.txt").write_bytes(b"line\n" * 100)
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/d.txt"
+        parts = plan_partitions(url, chunk_size=100)
+        assert parts[0].data_stream.read(5) == b"line\n"  # from the start: fine
+        with pytest.raises(StorageError, match="range requests") as info:
+            parts[2].data_stream.read()
+        assert url in str(info.value)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

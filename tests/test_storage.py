@@ -1,19 +1,25 @@
-"""The Storage facade over fsspec, on real local files and fsspec's in-memory filesystem."""
+"""The Storage facade over fsspec, on real local files, fsspec's in-memory filesystem and a real S3
+server (moto_server on 127.0.0.1), and its failures: missing objects and buckets, refused credentials,
+an unreachable endpoint."""
 
 import io
 import pickle
+import socket
 import uuid
 
 import pytest
 
+from cloudbutton import FunctionExecutor
 from cloudbutton.errors import CloudbuttonError, StorageError
-from cloudbutton.storage import Storage, default_storage_url
+from cloudbutton.storage import CloudObject, Storage, default_storage_url
 
 
-@pytest.fixture(params=["file", "memory"])
+@pytest.fixture(params=["file", "memory", "s3"])
 def storage(request, tmp_path):
     if request.param == "file":
         return Storage(f"file://{tmp_path}/store")
+    if request.param == "s3":
+        return Storage(request.getfixturevalue("s3_url"))
     return Storage(f"memory://test-{uuid.uuid4().hex}")
 
 
@@ -88,7 +94,7 @@ def test_deletes(storage):
 def test_missing_objects_are_storage_errors_naming_the_url(storage):
     storage.put_object("folder/inner", b"x")
     url = storage.object_url("missing.txt")
-    assert url.startswith(("file://", "memory://"))
+    assert url.startswith(("file://", "memory://", "s3://"))
     for call in [
         lambda: storage.get_object("missing.txt"),
         lambda: storage.get_object("missing.txt", stream=True),
@@ -125,3 +131,97 @@ def test_storage_is_picklable(tmp_path):
     s = pickle.loads(pickle.dumps(Storage(f"file://{tmp_path}")))
     s.put_object("p", b"1")
     assert s.get_object("p") == b"1"
+
+
+# --- cloud objects ---------------------------------------------------------------------------------
+
+
+def test_cloudobjects_round_trip(storage):
+    cobj = storage.put_cloudobject(b"some bytes")
+    assert isinstance(cobj, CloudObject) and cobj.key.startswith("cloudobjects/")
+    assert cobj.url == storage.object_url(cobj.key)
+    assert storage.get_cloudobject(pickle.loads(pickle.dumps(cobj))) == b"some bytes"
+    named = storage.put_cloudobject(io.BytesIO(b"streamed"), key="results/r1")
+    assert named.key == "results/r1" and storage.get_object("results/r1") == b"streamed"
+    with storage.get_cloudobject(named, stream=True) as f:
+        assert f.read() == b"streamed"
+    assert storage.put_cloudobject("text").key != cobj.key  # unique keys
+    storage.delete_cloudobject(cobj)
+    for call in [lambda: storage.get_cloudobject(cobj), lambda: storage.delete_cloudobject(cobj)]:
+        with pytest.raises(StorageError, match="no object at") as info:
+            call()
+        assert cobj.url in str(info.value)
+
+
+def read_cloudobject(storage, cobj):
+    return storage.get_cloudobject(cobj).upper()
+
+
+def write_cloudobject(storage, i):
+    return storage.put_cloudobject(b"from call %d" % i)
+
+
+@pytest.mark.parametrize("scheme", ["file", "s3"])
+def test_cloudobjects_travel_between_calls_on_workers(request, tmp_path, scheme):
+    if scheme == "s3":
+        s3 = request.getfixturevalue("s3")  # explicit options: workers may predate the AWS_* environment
+        storage = Storage(request.getfixturevalue("s3_url"), **s3.storage_options)
+    else:
+        storage = Storage(f"file://{tmp_path}/store")
+    cobjs = [storage.put_cloudobject(b"value %d" % i) for i in range(3)]
+    with FunctionExecutor(max_workers=2) as fexec:
+        assert fexec.get_result(fexec.map(read_cloudobject, [(storage, c) for c in cobjs])) == [
+            b"VALUE 0", b"VALUE 1", b"VALUE 2"
+        ]
+        written = fexec.get_result(fexec.map(write_cloudobject, [(storage, i) for i in range(2)]))
+    assert [storage.get_cloudobject(c) for c in written] == [b"from call 0", b"from call 1"]
+
+
+# --- failures on a real S3 server ------------------------------------------------------------------
+
+
+def test_missing_bucket_is_a_storage_error_naming_the_url(s3):
+    bucket = f"no-such-bucket-{uuid.uuid4().hex[:8]}"
+    storage = Storage(f"s3://{bucket}/data")
+    for call, url in [
+        (lambda: storage.get_object("k"), f"s3://{bucket}/data/k"),
+        (lambda: storage.head_object("k"), f"s3://{bucket}/data/k"),
+        (lambda: storage.put_object("k", b"x"), f"s3://{bucket}/data/k"),
+        (lambda: storage.list_keys(), f"s3://{bucket}/data"),
+        (lambda: storage.delete_object("k"), f"s3://{bucket}/data/k"),
+    ]:
+        with pytest.raises(StorageError) as info:
+            call()
+        assert url in str(info.value) and "bucket does not exist" in str(info.value)
+
+
+def test_an_empty_prefix_lists_nothing_and_directory_markers_are_not_objects(s3_url):
+    storage = Storage(s3_url)
+    assert storage.list_keys() == []
+    storage.fs.touch(storage.root + "/folder/")  # a "directory marker", as consoles create
+    storage.put_object("folder/a", b"1")
+    assert storage.list_keys() == ["folder/a"]
+    with pytest.raises(StorageError, match="folder"):
+        storage.head_object("folder")
+
+
+def test_refused_credentials_name_the_url_and_the_providers_message(s3_checking_credentials):
+    storage = Storage("s3://bucket/prefix", endpoint_url=s3_checking_credentials, key="AKIAUNKNOWN", secret="nope")
+    with pytest.raises(StorageError, match="permission denied") as info:
+        storage.list_keys()
+    assert "s3://bucket/prefix" in str(info.value) and "Access Key Id you provided does not exist" in str(info.value)
+    for call in [lambda: storage.get_object("k"), lambda: storage.put_object("k", b"x")]:
+        with pytest.raises(StorageError, match="permission denied") as info:
+            call()
+        assert "s3://bucket/prefix/k" in str(info.value)
+
+
+def test_an_unreachable_endpoint_is_a_storage_error_naming_the_url():
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    storage = Storage("s3://bucket", endpoint_url=endpoint, key="a", secret="b",
+                      config_kwargs={"retries": {"max_attempts": 1}, "connect_timeout": 2})
+    with pytest.raises(StorageError, match="cannot read s3://bucket/k") as info:
+        storage.get_object("k")
+    assert endpoint in str(info.value)  # the provider's message names the endpoint

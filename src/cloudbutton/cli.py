@@ -2,7 +2,9 @@
 
 ``cloudbutton hello`` runs a tiny job on the configured backend and says where it ran and how long
 it took; ``cloudbutton config show`` prints the resolved configuration and where each value came
-from; ``cloudbutton --version``. Exit codes: 0 success, 1 a cloudbutton error (one line on stderr,
+from; ``cloudbutton state serve`` runs a state server in the foreground (stopped with Ctrl-C or
+SIGTERM, exit 0); ``cloudbutton storage ls|put|get|rm|cat`` works on objects at any fsspec URL;
+``cloudbutton --version``. Exit codes: 0 success, 1 a cloudbutton error (one line on stderr,
 no traceback), 2 a usage error, 130 interrupted with Ctrl-C.
 """
 
@@ -82,6 +84,156 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port(text: str) -> int:
+    """An argparse type: a TCP port number, 1-65535."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 < value < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (1-65535)")
+    return value
+
+
+def _cmd_state_serve(args: argparse.Namespace) -> int:
+    from .state.server import serve
+
+    if args.appendonly and not args.dir:
+        print(f"usage: {PROG} state serve ...\n{PROG} state serve: error: --appendonly needs --dir", file=sys.stderr)
+        return 2
+    return serve(socket_path=args.socket, port=args.port, data_dir=args.dir, appendonly=args.appendonly)
+
+
+def _add_state_commands(commands) -> None:
+    state = commands.add_parser("state", help="run a state server", description="The shared-state server.")
+    state_commands = state.add_subparsers(dest="state_command", metavar="COMMAND", required=True)
+    serve = state_commands.add_parser(
+        "serve",
+        help="run a state server in the foreground for several processes",
+        description="Run a state server (Valkey) in the foreground until Ctrl-C or SIGTERM and print its URL: "
+        "point processes at it with CLOUDBUTTON_STATE_URL=URL. It listens on a unix socket accessible to "
+        "this user only (default: one in a private temporary directory), or with --port on 127.0.0.1 with a "
+        "random password (part of the URL).",
+    )
+    where = serve.add_mutually_exclusive_group()
+    where.add_argument("--socket", metavar="PATH", help="listen on this unix socket")
+    where.add_argument("--port", metavar="N", type=_port, help="listen on 127.0.0.1:N instead of a unix socket")
+    serve.add_argument("--dir", metavar="DIR",
+                       help="keep the data in DIR (snapshots on stop and periodically; reloaded on restart); "
+                       "default: memory only")
+    serve.add_argument("--appendonly", action="store_true",
+                       help="with --dir: log every write to DIR and fsync it before acknowledging it, so a crash "
+                       "of the server loses no acknowledged write")
+    serve.set_defaults(func=_cmd_state_serve)
+
+
+def _each(urls: Sequence[str], action) -> int:
+    """``action(url)`` for every URL, as ``rm a b`` does: a failure is reported on its own line and the
+    others still run; the exit code is 1 if any failed."""
+    status = 0
+    for url in urls:
+        try:
+            action(url)
+        except CloudbuttonError as e:
+            print(f"{PROG}: error: {e}", file=sys.stderr)
+            status = 1
+    return status
+
+
+def _cmd_storage_ls(args: argparse.Namespace) -> int:
+    from .storage import ls
+
+    def show(url: str) -> None:
+        for entry in ls(url, recursive=args.recursive):
+            if args.long:
+                size = "" if entry["type"] == "directory" else entry["size"]
+                print(f"{size:>12}  {entry['url']}")
+            else:
+                print(entry["url"])
+
+    return _each(args.urls, show)
+
+
+def _cmd_storage_put(args: argparse.Namespace) -> int:
+    from .storage import upload
+
+    upload(args.paths, args.url, recursive=args.recursive)
+    return 0
+
+
+def _cmd_storage_get(args: argparse.Namespace) -> int:
+    from .storage import download
+
+    download(args.urls, args.path, recursive=args.recursive)
+    return 0
+
+
+def _cmd_storage_rm(args: argparse.Namespace) -> int:
+    from .storage import remove
+
+    return _each(args.urls, lambda url: remove(url, recursive=args.recursive))
+
+
+def _cmd_storage_cat(args: argparse.Namespace) -> int:
+    from .storage import open_url, storage_errors
+
+    sys.stdout.flush()
+    out = sys.stdout.buffer
+
+    def show(url: str) -> None:
+        with open_url(url) as f:
+            while True:
+                with storage_errors(url, "read"):
+                    chunk = f.read(1 << 20)
+                if not chunk:
+                    break
+                out.write(chunk)
+        out.flush()
+
+    try:
+        return _each(args.urls, show)
+    except BrokenPipeError:  # the reader went away (`... | head`): stop quietly, as cat does
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+def _add_storage_commands(commands) -> None:
+    storage = commands.add_parser(
+        "storage", help="list, copy, remove and print objects at any storage URL",
+        description="Objects at any fsspec URL: s3://bucket/key, gs://..., http(s)://..., file:///path or a "
+        "local path. Globs (*, ?, [...], **) select several objects.",
+    )
+    sub = storage.add_subparsers(dest="storage_command", metavar="COMMAND", required=True)
+    recursive = {"action": "store_true", "dest": "recursive"}
+    ls = sub.add_parser("ls", help="list objects", description="List the objects at each URL: an object, a "
+                        "glob's matches or a folder (prefix) one level deep; folders end with /.")
+    ls.add_argument("-l", dest="long", action="store_true", help="show sizes in bytes")
+    ls.add_argument("-r", "--recursive", help="list every object below a folder", **recursive)
+    ls.add_argument("urls", metavar="URL", nargs="+")
+    ls.set_defaults(func=_cmd_storage_ls)
+    put = sub.add_parser("put", help="copy local files to storage", description="Copy local files to URL, "
+                         "as cp does: into URL when there are several, URL ends with / or is a folder; else to URL.")
+    put.add_argument("-r", "--recursive", help="copy folders and everything in them", **recursive)
+    put.add_argument("paths", metavar="LOCAL", nargs="+")
+    put.add_argument("url", metavar="URL")
+    put.set_defaults(func=_cmd_storage_put)
+    get = sub.add_parser("get", help="copy objects to local files", description="Copy objects to LOCAL, as cp "
+                         "does: into LOCAL when there are several, LOCAL ends with / or is a folder; else to LOCAL.")
+    get.add_argument("-r", "--recursive", help="copy folders (prefixes) and every object below them", **recursive)
+    get.add_argument("urls", metavar="URL", nargs="+")
+    get.add_argument("path", metavar="LOCAL")
+    get.set_defaults(func=_cmd_storage_get)
+    rm = sub.add_parser("rm", help="delete objects", description="Delete the objects at each URL (globs too).")
+    rm.add_argument("-r", "--recursive", help="delete folders (prefixes) and every object below them", **recursive)
+    rm.add_argument("urls", metavar="URL", nargs="+")
+    rm.set_defaults(func=_cmd_storage_rm)
+    cat = sub.add_parser("cat", help="print objects", description="Write the bytes of each object to stdout.")
+    cat.add_argument("urls", metavar="URL", nargs="+")
+    cat.set_defaults(func=_cmd_storage_cat)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG,
@@ -115,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
         "~/.config/cloudbutton/config.toml > default).",
     )
     show.set_defaults(func=_cmd_config_show)
+    _add_storage_commands(commands)
+    _add_state_commands(commands)
     return parser
 
 

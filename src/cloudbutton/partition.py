@@ -18,9 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import StorageError
-from .storage import filesystem
+from .storage import _is_object, filesystem, storage_errors
 
 _BLOCK = 1 << 16
+_PROBE = 1 << 12  # first read when looking for a separator (lines are usually shorter)
+_MAX_FETCH = 8 << 20  # bytes per request when reading a partition from an object store
 
 
 @dataclass
@@ -50,22 +52,24 @@ class Partition:
         return self._stream
 
     def open(self) -> io.BufferedReader:
-        """A new binary stream over this partition's bytes."""
+        """A new binary stream over this partition's bytes.
+
+        The object is read forwards, in requests of the partition's size (at most ``_MAX_FETCH``) that
+        never go past the partition's end (fsspec's object-store files otherwise read ahead by their
+        block size, 50 MB on s3fs); the end boundary is looked for only when the reader gets there."""
         fs, path = filesystem(self.url, **self.storage_options)
-        try:
-            f = fs.open(path, "rb")
-        except FileNotFoundError as e:
-            raise StorageError(f"no object at {self.url}: {e}") from e
-        size = f.size if getattr(f, "size", None) is not None else fs.size(path)
-        if size != self.size:
-            f.close()
-            raise StorageError(f"object {self.url} changed size since partitioning: {self.size} -> {size} bytes")
-        start, end = self.data_byte_range
-        if self.newline:
-            start = 0 if self.part == 0 else _after_separator(f, start, self.newline, size)
-            end = _after_separator(f, end, self.newline, size)
-            end = max(start, end)
-        return io.BufferedReader(_RangeReader(f, start, end), buffer_size=_BLOCK)
+        fetch = min(max(self.chunk_size, _BLOCK), _MAX_FETCH)
+        with storage_errors(self.url, "read"):
+            fs.invalidate_cache(path)  # the size must come from the object now, not from a listing cache
+            f = fs.open(path, "rb", cache_type="none")
+            size = f.size if getattr(f, "size", None) is not None else fs.size(path)
+            if size != self.size:
+                f.close()
+                raise StorageError(f"object {self.url} changed size since partitioning: {self.size} -> {size} bytes")
+            start, end = self.data_byte_range
+            if self.newline and self.part > 0:
+                start = _after_separator(f, start, self.newline, size)
+        return io.BufferedReader(_RangeReader(f, start, end, self.url, self.newline, size), buffer_size=fetch)
 
 
 def _after_separator(f, pos: int, sep: bytes, size: int) -> int:
@@ -74,8 +78,9 @@ def _after_separator(f, pos: int, sep: bytes, size: int) -> int:
         return size
     base = max(0, pos - len(sep))  # a separator starting here or later ends at or after pos
     f.seek(base)
-    buf, keep = b"", len(sep) - 1
-    while block := f.read(_BLOCK):
+    buf, keep, step = b"", len(sep) - 1, _PROBE
+    while block := f.read(step):
+        step = min(2 * step, _MAX_FETCH)  # a long line: fewer, larger requests
         buf += block
         i = buf.find(sep)
         if i >= 0:
@@ -86,23 +91,37 @@ def _after_separator(f, pos: int, sep: bytes, size: int) -> int:
 
 
 class _RangeReader(io.RawIOBase):
-    """Raw reads of ``[start, end)`` of an open fsspec file."""
+    """Raw reads of ``[start, end)`` of an open fsspec file; with a ``newline`` separator ``end`` is the
+    nominal end, moved to just past the first separator ending at or after it when the reader gets there."""
 
-    def __init__(self, f, start: int, end: int):
-        self._f, self._pos, self._end = f, start, end
+    def __init__(self, f, start: int, end: int, url: str, newline: bytes | None = None, size: int = 0):
+        self._f, self._pos, self._end, self._url = f, start, end, url
+        self._newline, self._size = newline, size
         f.seek(start)
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, b) -> int:
-        n = min(len(b), self._end - self._pos)
-        if n <= 0:
-            return 0
-        data = self._f.read(n)
+        with storage_errors(self._url, "read"):
+            if self._newline and self._pos >= self._end:  # at the nominal end: find the real one
+                self._end = max(self._pos, _after_separator(self._f, self._end, self._newline, self._size))
+                self._newline = None
+                self._f.seek(self._pos)
+            n = min(len(b), self._end - self._pos)
+            if n <= 0:
+                return 0
+            data = self._f.read(n)
         b[: len(data)] = data
         self._pos += len(data)
         return len(data)
+
+    def readall(self) -> bytes:
+        """The rest, in few large reads (io's default reads 8 KiB at a time: one request each on object stores)."""
+        chunks = []
+        while data := self.read(_MAX_FETCH):
+            chunks.append(data)
+        return b"".join(chunks)
 
     def close(self) -> None:
         if not self.closed:
@@ -111,23 +130,29 @@ class _RangeReader(io.RawIOBase):
 
 
 def _objects(source: str, storage_options: dict) -> list[tuple[str, str, int]]:
-    """``(url, path, size)`` of each object named by a URL, a prefix (folder) or a glob; sorted."""
+    """``(url, path, size)`` of each object named by a URL, a prefix (folder) or a glob; sorted.
+    Listing calls only: one ``find`` (a paginated listing on object stores), preceded by an ``info`` unless
+    the URL ends with ``/``."""
     fs, path = filesystem(source, **storage_options)
-    try:
+    with storage_errors(source, "list", missing="no objects at"):
         if any(c in path for c in "*?["):
             found = fs.glob(path, detail=True)
+        elif source.endswith("/"):  # a prefix: list it at once (no info request, which may be a HEAD)
+            found = fs.find(path, detail=True)
         else:
             info = fs.info(path)
             found = fs.find(path, detail=True) if info.get("type") == "directory" else {path: info}
-    except FileNotFoundError:
-        found = {}
-    except OSError as e:
-        raise StorageError(f"cannot list {source}: {e}") from e
-    objects = [
-        (fs.unstrip_protocol(p), fs._strip_protocol(p), int(i.get("size") or 0))
-        for p, i in sorted(found.items())
-        if i.get("type") != "directory"
-    ]
+    objects, scheme = [], None
+    for p, i in sorted(found.items()):
+        if not _is_object(i):
+            continue
+        if scheme is None:  # paths of one listing share one URL prefix (unstrip_protocol costs ~10 us a call)
+            url = fs.unstrip_protocol(p)
+            scheme = url[: -len(p)] if url.endswith(p) else None
+        url = scheme + p if scheme is not None else fs.unstrip_protocol(p)
+        if i.get("size") is None:
+            raise StorageError(f"cannot partition {url}: its size is unknown (the server does not report it)")
+        objects.append((url, p, int(i["size"])))
     if not objects:
         raise StorageError(f"no objects at {source}")
     return objects
