@@ -354,3 +354,13 @@ def test_a_server_without_byte_ranges_is_a_storage_error(tmp_path):
         server.shutdown()
         server.server_close()
         thread.join()
+
+
+def test_a_partition_names_the_bucket_of_object_store_urls():
+    def part(url):
+        return Partition(url, "k", 0, (0, 1), 1, 1)
+
+    assert part("s3://my-bucket/books/a.txt").bucket == "my-bucket"
+    assert part("gs://other/x").bucket == "other"
+    assert part("file:///tmp/a.txt").bucket is None
+    assert part("https://host/a.txt").bucket is None

@@ -45,6 +45,14 @@ class Partition:
         return state
 
     @property
+    def bucket(self) -> str | None:
+        """The bucket (container) of an object-store URL such as ``s3://bucket/key``; None for files and HTTP."""
+        protocol, _, rest = self.url.partition("://")
+        if protocol in ("file", "local", "http", "https", "memory") or not rest:
+            return None
+        return rest.split("/", 1)[0]
+
+    @property
     def data_stream(self) -> io.BufferedReader:
         """A binary file-like object reading exactly this partition's bytes (opened on first use)."""
         if self._stream is None:
