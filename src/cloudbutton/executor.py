@@ -35,6 +35,7 @@ class _JobRun:
     def __init__(self, executor: FunctionExecutor, job: JobSpec, futures: list[ResponseFuture], retries: int):
         self.executor, self.job, self.futures, self.retries = executor, job, futures, retries
         self.args: list[bytes | None] = [None] * len(futures)  # kept until settled, to run lost calls again
+        self.payloads: list[bytes | None] | None = None  # results as pickled, kept for a reducer if set
         self.stored = False  # whether any argument or result went through storage
         self._unsettled = len(futures)
         self._lock = threading.Lock()
@@ -65,6 +66,8 @@ class _JobRun:
                     payload = spill.unspill(payload)
                 if ok:
                     value, error = serialize.loads(payload), None
+                    if self.payloads is not None:
+                        self.payloads[index] = payload
                 else:
                     value, error = None, _remote_exception(job, index, payload, stats)
             except Exception as e:  # the result cannot be read or unpickled here
@@ -272,7 +275,7 @@ class FunctionExecutor:
         map_run, objects = self._map(
             map_function, map_iterdata, extra_args, extra_env, map_runtime_memory, timeout, chunksize,
             include_modules, exclude_modules, retries, obj_chunk_size, obj_chunk_number, obj_newline,
-            collected_later=True,
+            collected_later=True, keep_payloads=True,
         )
         groups: dict[str | None, list[ResponseFuture]] = {}
         if reducer_one_per_object:
@@ -287,11 +290,15 @@ class FunctionExecutor:
         reduce_run = self._new_job(reduce_function, len(groups), settings, extra_env, reduce_bytes, "R")
         by_keyword = "results" in parameter_names(reduce_function)
         for index, futures in enumerate(groups.values()):
-            _when_all_done(futures, functools.partial(self._reduce, reduce_run, index, futures, modules, by_keyword))
+            reduce = functools.partial(self._reduce, reduce_run, index, map_run, futures, modules, by_keyword)
+            _when_all_done(futures, reduce)
         return list(reduce_run.futures)
 
-    def _reduce(self, run: _JobRun, index: int, futures: list[ResponseFuture], modules, by_keyword: bool) -> None:
-        """Launch reducer ``index`` over the results of ``futures`` (all done), or fail it with theirs."""
+    def _reduce(
+        self, run: _JobRun, index: int, map_run: _JobRun, futures: list[ResponseFuture], modules, by_keyword: bool
+    ) -> None:
+        """Launch reducer ``index`` over the results of ``futures`` of ``map_run`` (all done), or fail
+        it with theirs. The results travel as the maps pickled them."""
         try:
             for future in futures:
                 error = None if future.cancelled() else future.exception()
@@ -302,7 +309,10 @@ class FunctionExecutor:
                                    f"{future.name} failed")
                     run.settle([(index, None, error)])
                     return
-            results = [f.result() for f in futures]
+            payloads = [map_run.payloads[f.call_index] for f in futures]
+            for f in futures:
+                map_run.payloads[f.call_index] = None
+            results = serialize.Pickled(payloads)
             call = ((), {"results": results}) if by_keyword else ((results,), {})
             args = serialize.dumps_arguments([call], modules, f"results reduced by {run.job.call_name(index)}:")
             run.launch([(index, args[0])])
@@ -317,7 +327,7 @@ class FunctionExecutor:
     def _map(
         self, map_function, map_iterdata, extra_args, extra_env, runtime_memory, timeout, chunksize,
         include_modules, exclude_modules, retries, obj_chunk_size, obj_chunk_number, obj_newline,
-        collected_later: bool = False,
+        collected_later: bool = False, keep_payloads: bool = False,
     ) -> tuple[_JobRun, list[str | None]]:
         """Plan, pickle and launch a map; return its run and the object URL each call reads."""
         if self._closed:
@@ -333,6 +343,8 @@ class FunctionExecutor:
         args = serialize.dumps_arguments(calls, modules, "arguments of call")
         function_bytes = serialize.dumps_function(map_function, modules)
         run = self._new_job(map_function, len(calls), settings, extra_env, function_bytes, "M", collected_later)
+        if keep_payloads:
+            run.payloads = [None] * len(calls)
         if args:
             run.launch(list(enumerate(args)))
         return run, objects

@@ -110,24 +110,28 @@ class _RangeReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, b) -> int:
+    def _read(self, n: int) -> bytes:
+        """Up to ``n`` bytes of the range (b"" at its end)."""
         with storage_errors(self._url, "read"):
             if self._newline and self._pos >= self._end:  # at the nominal end: find the real one
                 self._end = max(self._pos, _after_separator(self._f, self._end, self._newline, self._size))
                 self._newline = None
                 self._f.seek(self._pos)
-            n = min(len(b), self._end - self._pos)
-            if n <= 0:
-                return 0
-            data = self._f.read(n)
-        b[: len(data)] = data
+            n = min(n, self._end - self._pos)
+            data = self._f.read(n) if n > 0 else b""
         self._pos += len(data)
+        return data
+
+    def readinto(self, b) -> int:
+        data = self._read(len(b))
+        b[: len(data)] = data
         return len(data)
 
     def readall(self) -> bytes:
-        """The rest, in few large reads (io's default reads 8 KiB at a time: one request each on object stores)."""
+        """The rest, in few large reads straight from the file (io's default reads 8 KiB at a time,
+        one request each on object stores, and copies every byte twice)."""
         chunks = []
-        while data := self.read(_MAX_FETCH):
+        while data := self._read(_MAX_FETCH):
             chunks.append(data)
         return b"".join(chunks)
 

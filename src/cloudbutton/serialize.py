@@ -122,3 +122,18 @@ def dumps(obj) -> bytes:
 
 
 loads = pickle.loads
+
+
+def loads_all(payloads: list[bytes]) -> list:
+    return [loads(p) for p in payloads]
+
+
+class Pickled:
+    """Values pickled already (results on their way to a reducer): pickling this sends the bytes as
+    they are and unpickling it loads the values, so they are not pickled a second time on the way."""
+
+    def __init__(self, payloads: list[bytes]):
+        self.payloads = payloads
+
+    def __reduce__(self):
+        return loads_all, (self.payloads,)
