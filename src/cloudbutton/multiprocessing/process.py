@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 import traceback
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 
 from ..errors import WorkerLostError
@@ -116,7 +117,8 @@ class Process:
         task.__qualname__ = self._name  # names the call in records and errors
         self._future = runner.submit(task, [(self,)])[0]
         _started.add(self)
-        self._future.add_done_callback(lambda _: self._settle())
+        this = weakref.ref(self)  # the executor keeps the future: it must not keep a finished Process alive
+        self._future.add_done_callback(lambda _: (process := this()) is not None and process._settle())
 
     def _settle(self) -> None:
         """Record the exit code once the call is over (and print what the child would have printed)."""

@@ -1,13 +1,5 @@
-"""Raw shared ctypes cannot be honoured: calls may run on other machines."""
+"""Shared ctypes values and arrays, kept in the state store so that calls anywhere share them."""
 
-from .shared_memory import _WHY
+from .values import Array, RawArray, RawValue, Value
 
-__all__ = ["RawArray", "RawValue"]
-
-
-def RawArray(typecode_or_type, size_or_initializer):  # noqa: N802 - the standard library's name
-    raise NotImplementedError(_WHY.format("sharedctypes.RawArray"))
-
-
-def RawValue(typecode_or_type, *args):  # noqa: N802 - the standard library's name
-    raise NotImplementedError(_WHY.format("sharedctypes.RawValue"))
+__all__ = ["Array", "RawArray", "RawValue", "Value"]

@@ -1,0 +1,251 @@
+"""cloudbutton.multiprocessing's Value, Array and Manager, on a real embedded Valkey server and real worker
+processes (after CPython's _test_multiprocessing.py)."""
+
+import ctypes
+import pickle
+import queue
+
+import pytest
+import redis
+from mp_store import assert_all_deleted, assert_no_orphans
+
+from cloudbutton import multiprocessing as mp
+from cloudbutton.multiprocessing import queues as mp_queues
+from cloudbutton.multiprocessing.managers import Manager, SyncManager
+from cloudbutton.multiprocessing.synchronize import Lock, RLock
+from cloudbutton.multiprocessing.values import Array, RawArray, RawValue, Value
+from cloudbutton.state import state_url, stop_server
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _embedded_server():
+    url = state_url()
+    yield url
+    assert_all_deleted(url)
+    stop_server()
+
+
+@pytest.fixture(autouse=True)
+def _no_orphans(_embedded_server):
+    yield
+    assert_no_orphans(_embedded_server)
+
+
+def run(target, *args):
+    p = mp.Process(target=target, args=args)
+    p.start()
+    return p
+
+
+def finished(*processes):
+    for p in processes:
+        p.join(60)
+        assert not p.is_alive(), f"{p} is still running"
+    return [p.exitcode for p in processes]
+
+
+# --- functions run in Processes ----------------------------------------------------------------------
+
+def add_under_lock(value, times):
+    for _ in range(times):
+        with value.get_lock():
+            value.value += 1
+
+
+def add_and_report(value, q, times):
+    add_under_lock(value, times)
+    q.put(times)
+
+
+def add_to_array(arr, times):
+    for _ in range(times):
+        with arr.get_lock():
+            for i in range(len(arr)):
+                arr[i] += i
+
+
+def fill(d, lst, ns, start):
+    for i in range(start, start + 10):
+        d[i] = i * i
+        lst.append(i)
+    ns.last = start
+
+
+def set_value(v):
+    v.set(v.get() + 41)
+
+
+def put_all(q, items):
+    for item in items:
+        q.put(item)
+
+
+# --- Value and Array ----------------------------------------------------------------------------------
+
+def test_value_from_many_processes_gives_the_exact_total():
+    v = Value("i", 0)
+    ps = [run(add_under_lock, v, 25) for _ in range(3)]
+    add_under_lock(v, 25)
+    assert finished(*ps) == [0, 0, 0]
+    assert v.value == 100
+
+
+def test_value_and_queue_passed_in_pool_arguments():
+    v, q = Value("i", 0), mp_queues.Queue()
+    with mp.Pool(2) as pool:
+        assert pool.starmap(add_and_report, [(v, q, 10)] * 4) == [None] * 4
+    assert v.value == 40
+    assert sorted(q.get_nowait() for _ in range(4)) == [10] * 4 and q.empty()
+
+
+def test_array_updated_under_its_lock_by_processes():
+    arr = Array("d", 4)
+    ps = [run(add_to_array, arr, 5) for _ in range(2)]
+    add_to_array(arr, 5)
+    assert finished(*ps) == [0, 0]
+    assert arr[:] == [0.0, 15.0, 30.0, 45.0]
+
+
+def test_value_converts_like_ctypes():
+    v = Value("i", 7)
+    assert v.value == 7 and repr(v) == "<Synchronized wrapper for c_int(7)>"
+    v.value = 2**32 + 5  # wraps to a C int, as ctypes does
+    assert v.value == 5
+    with pytest.raises(TypeError):
+        v.value = 2.5
+    with pytest.raises(TypeError):
+        Value("i", 2.5)
+    assert Value("d").value == 0.0 and Value(ctypes.c_double, 1.5).value == 1.5
+    assert Value("c", b"x").value == b"x"
+    with pytest.raises(NotImplementedError, match="not supported"):
+        Value(ctypes.c_int * 3)
+
+
+def test_lock_argument_of_value_and_array():
+    raw = Value("i", 1, lock=False)
+    assert not hasattr(raw, "get_lock") and raw.value == 1
+    raw.value = 2
+    assert raw.value == 2
+    assert isinstance(Value("i").get_lock(), RLock)  # the standard library's default
+    lock = Lock()
+    v = Value("i", 0, lock=lock)
+    assert v.get_lock() is lock and v.get_obj().value == 0
+    with v:  # the wrapper is its lock's context manager
+        assert lock.acquire(False) is False
+    with pytest.raises(AttributeError, match="has no method 'acquire'"):
+        Value("i", 0, lock=3)
+    arr = Array("i", [1, 2], lock=False)
+    assert not hasattr(arr, "get_lock") and arr[:] == [1, 2]
+    assert Array("i", 2, lock=RLock()).get_obj()[:] == [0, 0]
+
+
+def test_array_indexing_and_slicing_like_ctypes():
+    arr = Array("i", range(5))
+    assert len(arr) == 5 and list(arr) == [0, 1, 2, 3, 4]
+    assert arr[-1] == 4 and arr[1:4] == [1, 2, 3] and arr[::-2] == [4, 2, 0]
+    arr[0] = 10
+    arr[-1] = 40
+    arr[1:3] = [11, 12]
+    arr[::2] = [0, 0, 0]
+    assert arr[:] == [0, 11, 0, 3, 0]
+    with pytest.raises(ValueError, match="same size"):
+        arr[0:2] = [1]
+    with pytest.raises(IndexError):
+        arr[5]
+    with pytest.raises(IndexError):
+        arr[-6] = 1
+    with pytest.raises(TypeError):
+        arr[0] = "x"
+    assert arr[:] == [0, 11, 0, 3, 0]
+
+
+def test_raw_value_and_array_are_store_backed_and_picklable():
+    v, arr = RawValue("h", 3), RawArray("b", b"ab")
+    copy_v, copy_arr = pickle.loads(pickle.dumps(v)), pickle.loads(pickle.dumps(arr))
+    copy_v.value = 9
+    copy_arr[0] = 120
+    assert v.value == 9 and arr[:] == [120, 98]
+
+
+# --- Manager ------------------------------------------------------------------------------------------
+
+def test_manager_objects_are_shared_with_processes():
+    with Manager() as manager:
+        d, lst, ns = manager.dict({"start": 0}), manager.list(), manager.Namespace(first=1)
+        ps = [run(fill, d, lst, ns, start) for start in (0, 10)]
+        assert finished(*ps) == [0, 0]
+        assert d.copy() == {"start": 0, **{i: i * i for i in range(20)}}
+        assert sorted(lst) == list(range(20)) and len(lst) == 20
+        assert ns.first == 1 and ns.last in (0, 10)
+        del ns.first
+        with pytest.raises(AttributeError):
+            ns.first  # noqa: B018
+        ns._local = "stays here"
+        assert "_local" not in repr(ns)
+        lst += [20]
+        assert lst[-1] == 20
+
+
+def test_manager_value_array_queue_and_sync_objects():
+    with Manager() as manager:
+        v = manager.Value("i", 1)
+        assert v.get() == 1 and v.value == 1
+        assert finished(run(set_value, v)) == [0]
+        assert v.value == 42
+        arr = manager.Array("i", [1, 2, 3])
+        arr[1] = 20
+        assert len(arr) == 3 and arr[:] == [1, 20, 3]
+        q = manager.Queue(2)
+        assert finished(run(put_all, q, ["a", "b"])) == [0]
+        with pytest.raises(queue.Full):
+            q.put_nowait("c")
+        assert [q.get(), q.get()] == ["a", "b"]
+        lock, rlock, sem = manager.Lock(), manager.RLock(), manager.BoundedSemaphore(1)
+        with lock, rlock, rlock, sem:
+            assert not lock.acquire(False) and not sem.acquire(False)
+        cond, event, barrier = manager.Condition(), manager.Event(), manager.Barrier(1)
+        with cond:
+            assert cond.wait(0.01) is False
+        event.set()
+        assert event.wait(0) and barrier.wait() == 0
+        jq = manager.JoinableQueue()
+        jq.put(1)
+        jq.get()
+        jq.task_done()
+        jq.join()
+        assert manager.Semaphore(3).get_value() == 3
+
+
+def test_shutdown_deletes_every_object_the_manager_made():
+    r = redis.Redis.from_url(state_url())
+    before = set(r.keys("*mp:*"))
+    manager = Manager()
+    kept = [manager.dict(a=1), manager.list([1]), manager.Namespace(x=1), manager.Queue(), manager.JoinableQueue(),
+            manager.Lock(), manager.RLock(), manager.Semaphore(), manager.BoundedSemaphore(), manager.Condition(),
+            manager.Event(), manager.Barrier(2), manager.Value("i", 1), manager.Array("i", 3)]
+    kept[5].acquire()
+    kept[5].release()
+    kept[10].set()
+    assert set(r.keys("*mp:*")) - before  # they are in the store
+    manager.shutdown()
+    assert set(r.keys("*mp:*")) - before == set()
+    with pytest.raises(AssertionError, match="not yet started"):
+        manager.dict()
+    manager.shutdown()  # again: nothing to do
+
+
+def test_sync_manager_must_be_started():
+    manager = SyncManager()
+    with pytest.raises(AssertionError, match="not yet started"):
+        manager.list()
+    manager.start()
+    with pytest.raises(RuntimeError, match="Already started"):
+        manager.start()
+    assert manager.list([1, 2])[:] == [1, 2]
+    manager.shutdown()
+    with SyncManager() as started:  # started by its with block
+        assert started.dict(k="v")["k"] == "v"
+        with pytest.raises(NotImplementedError, match="Pool"):
+            started.Pool(2)
+    with pytest.raises(NotImplementedError, match="@shared"):
+        SyncManager.register("Thing", object)
