@@ -27,3 +27,13 @@ def exit_on(x, bad):
 def sleep_for(seconds):
     time.sleep(seconds)
     return seconds
+
+
+def wait_for(path, value=None):
+    """Blocks until ``path`` exists (the test's gate, see the ``gate`` fixture), at most 60 s; returns ``value``."""
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the gate {path} was never opened")
+        time.sleep(0.005)
+    return value

@@ -39,16 +39,33 @@ def _leave_no_processes():
 
 
 @pytest.fixture(scope="module")
-def fexec(tmp_path_factory):
-    """A 2-worker executor that sees no configuration from the machine (modules may define their own)."""
+def isolated(tmp_path_factory):
+    """No configuration from the machine for the module: no CLOUDBUTTON_ variables, a fresh
+    XDG_CONFIG_HOME, and a fresh working directory (yielded)."""
     with pytest.MonkeyPatch.context() as mp:
         for key in list(os.environ):
             if key.startswith("CLOUDBUTTON_"):
                 mp.delenv(key)
         mp.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg")))
-        mp.chdir(tmp_path_factory.mktemp("work"))
-        with FunctionExecutor(max_workers=2) as executor:
-            yield executor
+        work = tmp_path_factory.mktemp("work")
+        mp.chdir(work)
+        yield work
+
+
+@pytest.fixture(scope="module")
+def fexec(isolated):
+    """A 2-worker executor that sees no configuration from the machine (modules may define their own)."""
+    with FunctionExecutor(max_workers=2) as executor:
+        yield executor
+
+
+@pytest.fixture
+def gate(tmp_path):
+    """A path that blocked calls wait for (``calls.wait_for``); opened at the end of the test in any
+    case, so no worker stays blocked."""
+    path = tmp_path / "gate"
+    yield str(path)
+    path.touch()
 
 
 # --- real storage servers on 127.0.0.1: S3 (moto_server) and HTTP with byte ranges ------------------

@@ -3,9 +3,12 @@
 import gc
 import weakref
 
+import pytest
 import redis
 
+from cloudbutton import multiprocessing as mp
 from cloudbutton.multiprocessing.synchronize import _delete
+from cloudbutton.state import state_url, stop_server
 
 
 def _owned() -> set[str]:
@@ -34,3 +37,34 @@ def assert_all_deleted(url: str) -> None:
         finalizer()
     left = redis.Redis.from_url(url).keys("*mp:*")
     assert not left, f"left in the store: {left}"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def mp_store():
+    """One embedded server for the module, holding nothing of ours at the end, then stopped (the session
+    checks no child is left). Test modules use it by importing it."""
+    url = state_url()
+    yield url
+    assert_all_deleted(url)
+    stop_server()
+
+
+@pytest.fixture(autouse=True)
+def no_orphans(mp_store):
+    yield
+    assert_no_orphans(mp_store)
+
+
+def run(target, *args):
+    """Start a Process running ``target(*args)``; return it."""
+    p = mp.Process(target=target, args=args)
+    p.start()
+    return p
+
+
+def finished(*processes):
+    """Join ``processes`` (at most 60 s each) and return their exit codes."""
+    for p in processes:
+        p.join(60)
+        assert not p.is_alive(), f"{p} is still running"
+    return [p.exitcode for p in processes]

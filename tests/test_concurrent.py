@@ -5,10 +5,10 @@ import concurrent.futures as cf
 import os
 import signal
 import threading
-import time
 from concurrent.futures.process import BrokenProcessPool
 
 import pytest
+from calls import wait_for
 
 from cloudbutton import SerializationError, WorkerLostError
 from cloudbutton.concurrent import InitializerError, ServerlessExecutor
@@ -24,14 +24,6 @@ def raise_on(x, bad):
     return x
 
 
-def wait_for(path, value=None):
-    """Blocks until ``path`` exists (the test's gate), at most 60 s; returns ``value``."""
-    deadline = time.monotonic() + 60
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the gate {path} was never opened")
-        time.sleep(0.005)
-    return value
 
 
 def exit_on(x, bad):
@@ -60,26 +52,11 @@ def failing_initializer():
 
 
 @pytest.fixture(scope="module")
-def _isolated(tmp_path_factory):
-    """No configuration from the machine: a fresh XDG_CONFIG_HOME and working directory."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg")))
-        mp.chdir(tmp_path_factory.mktemp("work"))
-        yield
-
-
-@pytest.fixture(scope="module")
-def executor(_isolated):
+def executor(isolated):
     with ServerlessExecutor(max_workers=2) as ex:
         yield ex
 
 
-@pytest.fixture
-def gate(tmp_path):
-    """A path that blocked calls wait for; opened at the end of the test in any case, so no worker stays blocked."""
-    path = tmp_path / "gate"
-    yield str(path)
-    path.touch()
 
 
 def test_is_a_concurrent_futures_executor(executor):
@@ -157,7 +134,7 @@ def test_kill_9_inside_a_call_is_a_worker_lost_error(executor):
     assert list(executor.map(mul, [1, 2], [3, 4])) == [3, 8]
 
 
-def test_shutdown_waits_and_then_refuses_new_calls(_isolated, gate):
+def test_shutdown_waits_and_then_refuses_new_calls(isolated, gate):
     ex = ServerlessExecutor(max_workers=2)
     futures = [ex.submit(wait_for, gate, i) for i in range(3)]
     with open(gate, "w"):
@@ -169,7 +146,7 @@ def test_shutdown_waits_and_then_refuses_new_calls(_isolated, gate):
     ex.shutdown()  # again: nothing to do
 
 
-def test_shutdown_without_wait_lets_the_calls_finish(_isolated, gate):
+def test_shutdown_without_wait_lets_the_calls_finish(isolated, gate):
     ex = ServerlessExecutor(max_workers=2)
     futures = [ex.submit(wait_for, gate, i) for i in range(3)]
     ex.shutdown(wait=False)
@@ -181,7 +158,7 @@ def test_shutdown_without_wait_lets_the_calls_finish(_isolated, gate):
     assert [f.result(timeout=30) for f in futures] == [0, 1, 2]
 
 
-def test_shutdown_cancel_futures_cancels_what_is_not_finished(_isolated, gate):
+def test_shutdown_cancel_futures_cancels_what_is_not_finished(isolated, gate):
     ex = ServerlessExecutor(max_workers=2)
     futures = [ex.submit(wait_for, gate, i) for i in range(4)]
     ex.shutdown(wait=False, cancel_futures=True)
@@ -190,7 +167,7 @@ def test_shutdown_cancel_futures_cancels_what_is_not_finished(_isolated, gate):
         futures[3].result()
 
 
-def test_context_manager_shuts_down(_isolated):
+def test_context_manager_shuts_down(isolated):
     with ServerlessExecutor(max_workers=2) as ex:
         future = ex.submit(mul, 5, 5)
     assert future.done() and future.result() == 25
@@ -198,7 +175,7 @@ def test_context_manager_shuts_down(_isolated):
         ex.submit(mul, 1, 1)
 
 
-def test_initializer_runs_once_per_worker_before_its_calls(_isolated, tmp_path):
+def test_initializer_runs_once_per_worker_before_its_calls(isolated, tmp_path):
     log = tmp_path / "init-pids"
     with ServerlessExecutor(max_workers=2, initializer=record_pid, initargs=(str(log),)) as ex:
         results = list(ex.map(initialized, range(40)))
@@ -208,7 +185,7 @@ def test_initializer_runs_once_per_worker_before_its_calls(_isolated, tmp_path):
     assert {str(pid) for pid, _ in results} <= set(init_pids)
 
 
-def test_failing_initializer_breaks_the_executor(_isolated):
+def test_failing_initializer_breaks_the_executor(isolated):
     with ServerlessExecutor(max_workers=2, initializer=failing_initializer) as ex:
         future = ex.submit(mul, 2, 2)
         with pytest.raises(InitializerError, match="failing_initializer raised ValueError: no database") as info:
@@ -218,7 +195,7 @@ def test_failing_initializer_breaks_the_executor(_isolated):
             ex.submit(mul, 2, 2)
 
 
-def test_bad_arguments_are_refused(_isolated):
+def test_bad_arguments_are_refused(isolated):
     with pytest.raises(ValueError, match="max_workers"):
         ServerlessExecutor(max_workers=0)
     with pytest.raises(TypeError, match="initializer"):

@@ -7,42 +7,14 @@ import queue
 
 import pytest
 import redis
-from mp_store import assert_all_deleted, assert_no_orphans
+from mp_store import finished, mp_store, no_orphans, run  # noqa: F401 - fixtures used by this module
 
 from cloudbutton import multiprocessing as mp
 from cloudbutton.multiprocessing import queues as mp_queues
 from cloudbutton.multiprocessing.managers import Manager, SyncManager
 from cloudbutton.multiprocessing.synchronize import Lock, RLock
 from cloudbutton.multiprocessing.values import Array, RawArray, RawValue, Value
-from cloudbutton.state import state_url, stop_server
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _embedded_server():
-    url = state_url()
-    yield url
-    assert_all_deleted(url)
-    stop_server()
-
-
-@pytest.fixture(autouse=True)
-def _no_orphans(_embedded_server):
-    yield
-    assert_no_orphans(_embedded_server)
-
-
-def run(target, *args):
-    p = mp.Process(target=target, args=args)
-    p.start()
-    return p
-
-
-def finished(*processes):
-    for p in processes:
-        p.join(60)
-        assert not p.is_alive(), f"{p} is still running"
-    return [p.exitcode for p in processes]
-
+from cloudbutton.state import state_url
 
 # --- functions run in Processes ----------------------------------------------------------------------
 

@@ -5,9 +5,9 @@ import multiprocessing
 import os
 import signal
 import threading
-import time
 
 import pytest
+from calls import wait_for
 
 from cloudbutton import SerializationError, WorkerLostError
 from cloudbutton import multiprocessing as mp
@@ -28,14 +28,6 @@ def raise_on(x, bad=3):
     return x
 
 
-def wait_for(path, value=None):
-    """Blocks until ``path`` exists (the test's gate), at most 60 s; returns ``value``."""
-    deadline = time.monotonic() + 60
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the gate {path} was never opened")
-        time.sleep(0.005)
-    return value
 
 
 def gated_sqr(x, gate, blocked):
@@ -77,26 +69,11 @@ def numbers(n, fail_at=None):
 
 
 @pytest.fixture(scope="module")
-def _isolated(tmp_path_factory):
-    """No configuration from the machine: a fresh XDG_CONFIG_HOME and working directory."""
-    with pytest.MonkeyPatch.context() as m:
-        m.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg")))
-        m.chdir(tmp_path_factory.mktemp("work"))
-        yield
-
-
-@pytest.fixture(scope="module")
-def pool(_isolated):
+def pool(isolated):
     with mp.Pool(2) as p:
         yield p
 
 
-@pytest.fixture
-def gate(tmp_path):
-    """A path that blocked tasks wait for; opened at the end of the test in any case."""
-    path = tmp_path / "gate"
-    yield str(path)
-    path.touch()
 
 
 def open_gate(path):
@@ -290,7 +267,7 @@ def test_a_failing_callback_does_not_stop_the_pool(pool, capsys):
 # --- lifetime ---------------------------------------------------------------------------------
 
 
-def test_close_then_join_waits_for_the_tasks(_isolated, gate):
+def test_close_then_join_waits_for_the_tasks(isolated, gate):
     p = mp.Pool(2)
     result = p.map_async(wait_for, [gate] * 3)
     p.close()
@@ -301,7 +278,7 @@ def test_close_then_join_waits_for_the_tasks(_isolated, gate):
     assert result.ready() and result.get() == [None] * 3
 
 
-def test_join_before_close_is_an_error(_isolated):
+def test_join_before_close_is_an_error(isolated):
     p = mp.Pool(2)
     with pytest.raises(ValueError, match="Pool is still running"):
         p.join()
@@ -309,7 +286,7 @@ def test_join_before_close_is_an_error(_isolated):
     p.join()
 
 
-def test_terminate_cancels_the_tasks_not_finished(_isolated, gate):
+def test_terminate_cancels_the_tasks_not_finished(isolated, gate):
     p = mp.Pool(2)
     errors = []
     results = [p.apply_async(wait_for, (gate,), error_callback=errors.append) for _ in range(4)]
@@ -323,7 +300,7 @@ def test_terminate_cancels_the_tasks_not_finished(_isolated, gate):
     p.join()
 
 
-def test_context_manager_terminates(_isolated):
+def test_context_manager_terminates(isolated):
     with mp.Pool(2) as p:
         assert p.map(sqr, [1, 2]) == [1, 4]
     with pytest.raises(ValueError, match="Pool not running"):
@@ -333,13 +310,13 @@ def test_context_manager_terminates(_isolated):
 # --- construction -----------------------------------------------------------------------------
 
 
-def test_initializer_sets_globals_the_tasks_see(_isolated):
+def test_initializer_sets_globals_the_tasks_see(isolated):
     with mp.Pool(2, initializer=set_global, initargs=("n=",)) as p:
         assert p.map(prefixed, range(20)) == [f"n={i}" for i in range(20)]
         assert p.apply(prefixed, (7,)) == "n=7"
 
 
-def test_failing_initializer_is_a_clear_error(_isolated):
+def test_failing_initializer_is_a_clear_error(isolated):
     with mp.Pool(2, initializer=failing_initializer) as p:
         with pytest.raises(InitializerError, match="failing_initializer raised ValueError: no model file"):
             p.map(sqr, range(10))
@@ -347,7 +324,7 @@ def test_failing_initializer_is_a_clear_error(_isolated):
             p.apply(sqr, (1,))
 
 
-def test_bad_arguments(_isolated):
+def test_bad_arguments(isolated):
     with pytest.raises(ValueError, match="at least 1"):
         mp.Pool(0)
     with pytest.raises(ValueError, match="maxtasksperchild"):
@@ -361,7 +338,7 @@ def test_bad_arguments(_isolated):
             p.imap(sqr, [1], chunksize=0)
 
 
-def test_pool_from_a_context(_isolated):
+def test_pool_from_a_context(isolated):
     ctx = mp.get_context("spawn")
     with ctx.Pool(2) as p:
         assert p.map(sqr, range(3)) == [0, 1, 4]

@@ -8,21 +8,12 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 
 import pytest
+from calls import wait_for
 
 from cloudbutton import SerializationError
 from cloudbutton import multiprocessing as mp
-
-
-def wait_for(path):
-    """Blocks until ``path`` exists (the test's gate), at most 60 s."""
-    deadline = time.monotonic() + 60
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the gate {path} was never opened")
-        time.sleep(0.005)
 
 
 def write(path, *parts, sep=" "):
@@ -63,23 +54,10 @@ class Writer(mp.Process):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _isolated(tmp_path_factory):
-    """No configuration from the machine; Processes run on 2 workers (set in ./cloudbutton.toml,
-    which is read when the first Process starts)."""
-    work = tmp_path_factory.mktemp("work")
-    (work / "cloudbutton.toml").write_text("max_workers = 2\n")
-    with pytest.MonkeyPatch.context() as m:
-        m.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("xdg")))
-        m.chdir(work)
-        yield
+def two_workers(isolated):
+    """Processes run on 2 workers (set in ./cloudbutton.toml, read when the first Process starts)."""
+    (isolated / "cloudbutton.toml").write_text("max_workers = 2\n")
 
-
-@pytest.fixture
-def gate(tmp_path):
-    """A path that blocked Processes wait for; opened at the end of the test in any case."""
-    path = tmp_path / "gate"
-    yield str(path)
-    path.touch()
 
 
 def test_target_runs_with_its_arguments_in_a_worker(tmp_path):
@@ -246,16 +224,12 @@ def test_set_start_method_once():
 
 
 def test_what_cannot_be_honoured_says_so():
-    from cloudbutton.multiprocessing import shared_memory, sharedctypes
+    from cloudbutton.multiprocessing import shared_memory
 
     with pytest.raises(NotImplementedError, match="cloudbutton.state"):
         shared_memory.SharedMemory(create=True, size=10)
     with pytest.raises(NotImplementedError, match="storage"):
         shared_memory.ShareableList([1, 2])
-    with pytest.raises(NotImplementedError, match="RawArray"):
-        mp.RawArray("i", 10)
-    with pytest.raises(NotImplementedError, match="RawValue"):
-        sharedctypes.RawValue("i", 1)
 
 
 def test_standard_names():

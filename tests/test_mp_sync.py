@@ -10,9 +10,8 @@ import time
 
 import pytest
 import redis
-from mp_store import assert_all_deleted, assert_no_orphans
+from mp_store import finished, mp_store, no_orphans, run  # noqa: F401 - fixtures used by this module
 
-from cloudbutton import multiprocessing as mp
 from cloudbutton.errors import BrokenBarrierError, StateError
 from cloudbutton.multiprocessing.synchronize import (
     Barrier,
@@ -24,38 +23,7 @@ from cloudbutton.multiprocessing.synchronize import (
     Semaphore,
 )
 from cloudbutton.multiprocessing.values import RawValue
-from cloudbutton.state import AtomicInt, state_url, stop_server
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _embedded_server():
-    """One embedded server for the module, holding nothing of ours at the end, then stopped (the session
-    checks no child is left)."""
-    url = state_url()
-    yield url
-    assert_all_deleted(url)
-    stop_server()
-
-
-@pytest.fixture(autouse=True)
-def _no_orphans(_embedded_server):
-    yield
-    assert_no_orphans(_embedded_server)
-
-
-def run(target, *args):
-    """Start a Process running ``target(*args)``; return it."""
-    p = mp.Process(target=target, args=args)
-    p.start()
-    return p
-
-
-def finished(*processes):
-    """Join ``processes`` (at most 60 s each) and return their exit codes."""
-    for p in processes:
-        p.join(60)
-        assert not p.is_alive(), f"{p} is still running"
-    return [p.exitcode for p in processes]
+from cloudbutton.state import AtomicInt, state_url
 
 
 def wait_until(predicate, timeout=60.0):
