@@ -1,7 +1,8 @@
-"""Functions the tests run as calls, shared by the backends' test files."""
+"""Functions the tests run as calls, and small helpers, shared by the test files."""
 
 import os
 import time
+import uuid
 
 
 class CustomError(Exception):
@@ -37,3 +38,8 @@ def wait_for(path, value=None):
             raise RuntimeError(f"the gate {path} was never opened")
         time.sleep(0.005)
     return value
+
+
+def unique(prefix: str) -> str:
+    """A name no other test uses (shared state outlives a test)."""
+    return f"{prefix}-{uuid.uuid4().hex}"

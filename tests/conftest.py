@@ -59,6 +59,15 @@ def fexec(isolated):
         yield executor
 
 
+@pytest.fixture(scope="module")
+def embedded_server():
+    """One embedded state server for the module, stopped at the end; yields its URL."""
+    from cloudbutton.state import state_url, stop_server
+
+    yield state_url()
+    stop_server()
+
+
 @pytest.fixture
 def gate(tmp_path):
     """A path that blocked calls wait for (``calls.wait_for``); opened at the end of the test in any

@@ -4,26 +4,18 @@ from __future__ import annotations
 
 import pickle
 import threading
-import uuid
 
 import cloudpickle
 import numpy as np
 import pytest
 import redis
+from calls import unique
 
 from cloudbutton import FunctionExecutor
 from cloudbutton.errors import StateError
-from cloudbutton.state import AtomicInt, SharedClassObject, shared, state_url, stop_server
+from cloudbutton.state import AtomicInt, SharedClassObject, shared
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _embedded_server():
-    yield state_url()
-    stop_server()
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
+pytestmark = pytest.mark.usefixtures("embedded_server")  # one server for the module
 
 
 @shared

@@ -11,28 +11,14 @@ from collections.abc import MutableSequence
 
 import pytest
 import redis
+from calls import unique
 
 from cloudbutton import FunctionExecutor
 from cloudbutton.errors import StateError
-from cloudbutton.state import AtomicFloat, AtomicInt, AtomicReference, SharedDict, SharedList, state_url, stop_server
+from cloudbutton.state import AtomicFloat, AtomicInt, AtomicReference, SharedDict, SharedList, state_url
 from cloudbutton.state import server as state_server
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _embedded_server():
-    """One embedded server for the module, stopped at the end (the session checks no child is left)."""
-    yield state_url()
-    stop_server()
-
-
-@pytest.fixture(scope="module")
-def fexec():
-    with FunctionExecutor(max_workers=2) as executor:
-        yield executor
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
+pytestmark = pytest.mark.usefixtures("embedded_server")  # one server for the module
 
 
 # --- functions run in workers -----------------------------------------------------------------
@@ -54,8 +40,8 @@ def dict_read(d, key):
 
 # --- the embedded server ----------------------------------------------------------------------
 
-def test_embedded_server_is_a_private_unix_socket(_embedded_server):
-    url = _embedded_server
+def test_embedded_server_is_a_private_unix_socket(embedded_server):
+    url = embedded_server
     assert url.startswith("unix://")
     path = url[len("unix://"):]
     assert stat.S_ISSOCK(os.stat(path).st_mode)
@@ -66,15 +52,15 @@ def test_embedded_server_is_a_private_unix_socket(_embedded_server):
     r.close()
 
 
-def test_state_url_is_started_once_per_process(_embedded_server):
-    assert state_url() == _embedded_server == state_url()
+def test_state_url_is_started_once_per_process(embedded_server):
+    assert state_url() == embedded_server == state_url()
 
 
-def test_given_state_url_is_used_instead(_embedded_server):
+def test_given_state_url_is_used_instead(embedded_server):
     assert state_url("redis://127.0.0.1:1/0") == "redis://127.0.0.1:1/0"
 
 
-def test_configured_state_url_is_used_instead(_embedded_server, monkeypatch):
+def test_configured_state_url_is_used_instead(embedded_server, monkeypatch):
     monkeypatch.setenv("CLOUDBUTTON_STATE_URL", "redis://127.0.0.1:1/0")
     assert state_url() == "redis://127.0.0.1:1/0"
 
@@ -325,9 +311,9 @@ DEADLINE = 10.0  # seconds an expiry may take to show before a test fails (never
 
 
 @pytest.fixture
-def raw(_embedded_server):
+def raw(embedded_server):
     """A plain redis-py client of the embedded server, to look at what is stored."""
-    client = redis.Redis.from_url(_embedded_server)
+    client = redis.Redis.from_url(embedded_server)
     yield client
     client.close()
 

@@ -12,10 +12,10 @@ import socket
 import subprocess
 import tempfile
 import time
-import uuid
 
 import pytest
 import redis
+from calls import unique
 
 from cloudbutton.errors import StateError
 from cloudbutton.state import AtomicInt, AtomicReference, SharedDict, SharedList
@@ -104,10 +104,6 @@ def own_pair(monkeypatch):
     yield primary, replica
     replica.stop()
     primary.stop()
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
 
 
 def calls(server: Valkey, command: str) -> int:

@@ -6,10 +6,10 @@ import pickle
 import queue
 import threading
 import time
-import uuid
 
 import pytest
 import redis
+from calls import unique
 
 from cloudbutton import FunctionExecutor
 from cloudbutton.errors import (
@@ -30,26 +30,16 @@ from cloudbutton.state import (
     Semaphore,
     SharedDict,
     state_url,
-    stop_server,
 )
 from cloudbutton.state import server as state_server
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _embedded_server():
-    """One embedded server for the module, stopped at the end (the session checks no child is left)."""
-    yield state_url()
-    stop_server()
+pytestmark = pytest.mark.usefixtures("embedded_server")  # one server for the module
 
 
 @pytest.fixture(scope="module")
 def fexec():
     with FunctionExecutor(max_workers=4) as executor:
         yield executor
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex}"
 
 
 def in_thread(fn, *args):
