@@ -415,36 +415,50 @@ class SharedObject:
 
 # --- numbers and references ---------------------------------------------------------------------------
 
-class AtomicInt(SharedObject):
-    """An integer shared by name; every operation is atomic on the server.
+class _AtomicNumber(SharedObject):
+    """What AtomicInt and AtomicFloat share: a number stored as text; a missing one reads as zero.
 
-    ``initial`` is stored only if the integer does not exist yet, so every process may construct the
-    handle with the same arguments; a missing integer reads as 0.
-    """
+    ``initial`` is stored only if the number does not exist yet, so every process may construct the
+    handle with the same arguments."""
 
-    _type_name = "AtomicInt"
+    @staticmethod
+    def _text(value: Any) -> str:
+        """``value``, checked, as the text the server stores."""
+        raise NotImplementedError
 
-    def __init__(self, name: str, initial: int | None = None, url: str | None = None, *,
+    _parse: Any = int  # the stored text (bytes) -> the value
+
+    def __init__(self, name: str, initial: float | None = None, url: str | None = None, *,
                  ttl: float | None = None, consistency: str = "strong", replicas: int = 0):
         super().__init__(name, url, ttl=ttl, consistency=consistency, replicas=replicas)
-        self._open(None if initial is None else _int(initial))
+        self._open(None if initial is None else self._text(initial))
 
     @_state_op
-    def _open(self, initial: int | None) -> None:
+    def _open(self, initial: str | None) -> None:
         if initial is None:
             self._r  # noqa: B018  (connect and claim the name now, so a clash is raised here)
         else:
             self._write(lambda c: c.set(self._key, initial, nx=True))
 
     @_state_op
-    def get(self) -> int:
+    def get(self):
         value = self._read("get", lambda r: r.get(self._key))
-        return 0 if value is None else int(value)
+        return self._parse(b"0" if value is None else value)
 
     @_state_op
-    def set(self, value: int) -> None:
-        value = _int(value)
-        self._write(lambda c: c.set(self._key, value, keepttl=True))
+    def set(self, value) -> None:
+        text = self._text(value)
+        self._write(lambda c: c.set(self._key, text, keepttl=True))
+
+
+class AtomicInt(_AtomicNumber):
+    """An integer shared by name; every operation is atomic on the server. A missing integer reads as 0."""
+
+    _type_name = "AtomicInt"
+
+    @staticmethod
+    def _text(value: Any) -> str:
+        return str(_int(value))
 
     @_state_op
     def add_and_get(self, delta: int) -> int:
@@ -499,7 +513,7 @@ def _float(value: Any) -> str:
     return repr(value)
 
 
-class AtomicFloat(SharedObject):
+class AtomicFloat(_AtomicNumber):
     """A float shared by name; every operation is atomic on the server. A missing float reads as 0.0.
 
     Arithmetic is done server-side in IEEE doubles (a Lua script, not ``INCRBYFLOAT``, whose long double
@@ -507,28 +521,8 @@ class AtomicFloat(SharedObject):
     """
 
     _type_name = "AtomicFloat"
-
-    def __init__(self, name: str, initial: float | None = None, url: str | None = None, *,
-                 ttl: float | None = None, consistency: str = "strong", replicas: int = 0):
-        super().__init__(name, url, ttl=ttl, consistency=consistency, replicas=replicas)
-        self._open(None if initial is None else _float(initial))
-
-    @_state_op
-    def _open(self, initial: str | None) -> None:
-        if initial is None:
-            self._r  # noqa: B018
-        else:
-            self._write(lambda c: c.set(self._key, initial, nx=True))
-
-    @_state_op
-    def get(self) -> float:
-        value = self._read("get", lambda r: r.get(self._key))
-        return 0.0 if value is None else float(value)
-
-    @_state_op
-    def set(self, value: float) -> None:
-        text = _float(value)
-        self._write(lambda c: c.set(self._key, text, keepttl=True))
+    _text = staticmethod(_float)
+    _parse = float
 
     @_state_op
     def add_and_get(self, delta: float) -> float:
