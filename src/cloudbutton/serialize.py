@@ -49,14 +49,28 @@ def _is_users_own(module) -> bool:
     return _is_users_own_file(path)
 
 
+_own_modules: tuple[tuple[int, str], frozenset[str]] = ((0, ""), frozenset())
+
+
+def _users_own_modules() -> frozenset[str]:
+    """The user's own loaded top-level modules; looked for again only when ``sys.modules`` changed
+    (its size or its last entry), since scanning hundreds of modules costs more than a small map."""
+    global _own_modules
+    modules = sys.modules
+    key = (len(modules), next(reversed(modules), ""))
+    if _own_modules[0] != key:
+        names = frozenset(
+            name
+            for name, module in list(modules.items())
+            if module is not None and "." not in name and name != "__main__" and _is_users_own(module)
+        )
+        _own_modules = (key, names)
+    return _own_modules[1]
+
+
 def by_value_modules(include: Iterable[str] | None = None, exclude: Iterable[str] | None = None) -> list[str]:
     """Names of the loaded top-level modules to ship by value: the user's own, plus ``include``, minus ``exclude``."""
-    names = {
-        name
-        for name, module in list(sys.modules.items())
-        if module is not None and "." not in name and name != "__main__" and _is_users_own(module)
-    }
-    names |= set(include or ())
+    names = set(_users_own_modules()) | set(include or ())
     excluded = set(exclude or ())
     return sorted(n for n in names if n not in excluded and n.split(".")[0] not in excluded)
 
