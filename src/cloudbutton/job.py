@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import os
+import types
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -73,6 +74,13 @@ def next_batch_size(remaining: int, workers: int, chunksize: int | None) -> int:
 
 
 def parameter_names(func) -> list[str]:
+    """Names of ``func``'s parameters; read from its code when it has some (``inspect.signature``
+    costs more than a small map)."""
+    code, skip = getattr(func, "__code__", None), int(isinstance(func, types.MethodType))
+    if code is None and not isinstance(func, type):  # an instance with a __call__ method
+        code, skip = getattr(vars(type(func)).get("__call__"), "__code__", None), 1
+    if code is not None and not getattr(func, "__wrapped__", None):
+        return list(code.co_varnames[skip : code.co_argcount + code.co_kwonlyargcount])
     try:
         return list(inspect.signature(func).parameters)
     except (TypeError, ValueError):  # e.g. some builtins have no signature

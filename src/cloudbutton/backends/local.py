@@ -72,7 +72,7 @@ class _Worker:
         self.conn = Connection(os.dup(parent_end.fileno()))  # for sending; receiving reads self.sock
         self._inbox = bytearray()
         self.known_functions: set[str] = set()
-        self.batches: collections.deque[_Batch] = collections.deque()  # sent, with results still to come
+        self.batch: _Batch | None = None
         self.batches_sent = 0
         self.retiring = False  # replace it once its batch is done (it hit a memory limit)
         self.delivered = False
@@ -84,37 +84,27 @@ class _Worker:
         self.known_functions.add(job.function_key)
         self.batches_sent += 1
         batch.number, batch.sent = self.batches_sent, time.monotonic()
-        self.batches.append(batch)
+        self.batch = batch
         self.conn.send_bytes(pickle.dumps((batch.number, job, batch.calls), protocol=pickle.HIGHEST_PROTOCOL))
 
-    @property
-    def batch(self) -> _Batch | None:
-        """The oldest batch sent whose results have not all arrived."""
-        return self.batches[0] if self.batches else None
-
-    def running(self) -> tuple[_Batch | None, int | None, float | None]:
-        """The batch and position of the call running and when it started; ``(first batch, None,
-        sent)`` if no batch sent has started; ``(None, None, None)`` if every call sent has run."""
-        if not self.batches:
-            return None, None, None
+    def running(self) -> tuple[int | None, float | None]:
+        """Position in its batch of the call running and when it started: ``(None, sent)`` if the
+        batch has not started, ``(None, None)`` if every call of it ran."""
+        if self.batch is None:
+            return None, None
         number, position, started = read_progress(self.progress)
-        for batch in self.batches:
-            if batch.number == number:
-                if position >= len(batch.calls):
-                    break  # it ran this batch; the next (if any) has not started
-                return batch, position, started
-        else:
-            first = self.batches[0]
-            return first, None, first.sent
-        later = [b for b in self.batches if b.number > number]
-        return (later[0], None, later[0].sent) if later else (None, None, None)
+        if number != self.batch.number:
+            return None, self.batch.sent
+        if position >= len(self.batch.calls):
+            return None, None
+        return position, started
 
     def deadline(self) -> float | None:
-        """When the running call's timeout expires (a batch not started yet counts from when it was sent)."""
-        batch, _, started = self.running()
-        if batch is None or batch.job.timeout is None:
+        """When the running call's timeout expires."""
+        if self.batch is None or self.batch.job.timeout is None:
             return None
-        return started + batch.job.timeout
+        _, started = self.running()
+        return None if started is None else started + self.batch.job.timeout
 
     def receive(self) -> tuple[list[bytes], bool]:
         """The messages that have arrived in full, and whether the worker has closed its end.
@@ -232,26 +222,16 @@ class WorkerPool:
                 return _Batch(queued.job, calls, queued.sink)
         return None
 
-    def _wants_batch(self, w: _Worker) -> bool:
-        """An idle worker does; a busy one gets a second batch while much work is queued, so it never
-        waits for the round trip that brings its next batch (at the end, single calls balance the load)."""
-        if w.retiring or len(w.batches) > 1:
-            return False
-        if not w.batches:
-            return True
-        with self._lock:
-            return sum(len(q.calls) for q in self._queue) > 4 * self.size
-
     def _dispatch(self) -> None:
         for w in self._workers:
-            while self._wants_batch(w):
+            if w.batch is None:
                 batch = self._next_batch()
                 if batch is None:
                     return
                 try:
                     w.send(batch)
                 except OSError:
-                    break  # it died; its EOF is handled by the loop and its batches go to others
+                    pass  # it died; its EOF is handled by the loop and the batch goes to another
 
     def _run(self) -> None:
         try:
@@ -269,8 +249,8 @@ class WorkerPool:
                 del _pools[self.size]
         lost = [(q.job, index, q.sink) for q in self._queue for index, _ in q.calls]
         for w in self._workers:
-            for batch in w.batches:
-                lost += [(batch.job, index, batch.sink) for index, _ in batch.calls[batch.done :]]
+            if w.batch is not None:
+                lost += [(w.batch.job, index, w.batch.sink) for index, _ in w.batch.calls[w.batch.done :]]
             w.proc.kill()
         for job, index, sink in lost:
             name = job.call_name(index)
@@ -291,12 +271,15 @@ class WorkerPool:
             self._enforce_timeouts()
 
     def _receive(self, w: _Worker, dispatch: bool = False) -> bool:
-        """Deliver what ``w`` sent; return whether it has closed its end (died). With ``dispatch``,
-        workers that finished their batch get their next one before the results are handed over
-        (settling futures takes time the workers need not wait for)."""
+        """Deliver what ``w`` sent; return whether it has closed its end (died). With ``dispatch``, a
+        worker that finished its batch gets its next one before the results are handed over (settling
+        futures takes time the worker need not wait for).
+
+        Workers get one batch at a time: a second one sent ahead would wait behind a long call that
+        another worker could have run meanwhile."""
         messages, eof = w.receive()
         deliveries = [self._account(w, pickle.loads(message)) for message in messages]
-        if dispatch and deliveries and len(w.batches) <= 1:
+        if dispatch and w.batch is None:
             self._dispatch()
         for batch, results in deliveries:
             batch.sink.on_results(batch.job, results)
@@ -310,8 +293,8 @@ class WorkerPool:
         batch.done += len(results)
         w.retiring = w.retiring or any(r[3].get("memory_exceeded", False) for r in results)
         if batch.done == len(batch.calls):
-            w.batches.popleft()
-            if w.retiring and not w.batches:
+            w.batch = None
+            if w.retiring:
                 self._retire(w)
         return batch, results
 
@@ -334,16 +317,16 @@ class WorkerPool:
 
     def _enforce_timeouts(self) -> None:
         for w in list(self._workers):
-            deadline, b = w.deadline(), w.running()[0]
+            deadline, b = w.deadline(), w.batch
             if deadline is None or time.monotonic() < deadline:
                 continue
             if self._receive(w):  # it died by itself; the loop replaces it
                 continue
-            if b not in w.batches:
+            if w.batch is not b:
                 continue  # its batch ended meanwhile
             w.proc.kill()
             w.proc.wait()
-            while b in w.batches and not self._receive(w):  # deliver what it finished before it was stopped
+            while w.batch is b and not self._receive(w):  # deliver what it finished before it was stopped
                 pass
             # it is dead in any case: replace it now (nothing is reported if its batch ended meanwhile),
             # else the next batch goes to a dead worker and fails with WorkerLostError
@@ -351,35 +334,32 @@ class WorkerPool:
                 f"call {name} exceeded its timeout of {job.timeout} s; its worker was stopped", name))
 
     def _replace(self, w: _Worker, error_for) -> None:
-        """Report the running call of a dead worker, requeue the rest of its batches, start another."""
+        """Report the running call of a dead worker, requeue the rest of its batch, start another."""
         w.close()
         try:
             w.proc.wait(timeout=1)  # it closed its socket: it is exiting, so its exit code tells why
         except subprocess.TimeoutExpired:
             w.proc.kill()
             w.proc.wait()
-        running, position, _ = w.running()
+        batch = w.batch
+        position, _ = w.running()
         w.progress.close()
         if position is None and not w.delivered:  # it died before running anything
             self._start_failures += 1
             if self._start_failures > 3 * self.size:  # they all do: the environment is broken
                 raise BackendError(f"local worker processes exit as soon as they start (last one {w.exit_reason()})")
         self._workers[self._workers.index(w)] = _Worker()
+        if batch is None:
+            return
         # Calls before the one running may have finished with their results still in the worker:
         # they run again (their results are delivered once). Calls after it never started.
-        requeued, blamed = [], None
-        for batch in w.batches:
-            if batch is running and position is not None and position >= batch.done:
-                blamed = (batch, batch.calls[position][0])
-                rest = batch.calls[batch.done : position] + batch.calls[position + 1 :]
-            else:
-                rest = batch.calls[batch.done :]
-            if rest:
-                requeued.append(_Queued(batch.job, collections.deque(rest), batch.sink))
-        with self._lock:
-            self._queue.extendleft(reversed(requeued))
+        blamed = position is not None and position >= batch.done
+        rest = batch.calls[batch.done : position] + batch.calls[position + 1 :] if blamed else batch.calls[batch.done :]
+        if rest:
+            with self._lock:
+                self._queue.appendleft(_Queued(batch.job, collections.deque(rest), batch.sink))
         if blamed:
-            batch, index = blamed
+            index, _ = batch.calls[position]
             batch.sink.on_lost(batch.job, index, error_for(batch.job.call_name(index), batch.job))
 
 
