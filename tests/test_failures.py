@@ -160,3 +160,10 @@ def test_workers_that_cannot_start_fail_the_calls_instead_of_hanging(monkeypatch
     monkeypatch.delenv("PYTHONHOME")
     with FunctionExecutor(max_workers=3) as healed:  # the next executor gets a working pool
         assert healed.get_result(healed.map(abs, [-1, -2]), timeout=120) == [1, 2]
+
+
+def test_a_lost_worker_error_carries_the_exit_code(fexec):
+    results = fexec.get_result(fexec.map(exit_on, [(0, 0)]), throw_except=False)
+    assert isinstance(results[0], WorkerLostError) and results[0].exitcode == 3
+    kill = fexec.call_async(lambda: os.kill(os.getpid(), signal.SIGKILL), ())
+    assert fexec.get_result(kill, throw_except=False).exitcode == -signal.SIGKILL

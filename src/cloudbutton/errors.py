@@ -36,7 +36,12 @@ class CallError(CloudbuttonError):
 
 
 class WorkerLostError(CallError):
-    """The worker running a call died (crash, ``os._exit``, kill -9, segfault)."""
+    """The worker running a call died (crash, ``os._exit``, kill -9, segfault). ``exitcode`` is the
+    worker's exit code when the backend knows it (``-N`` if signal N killed it), else None."""
+
+    def __init__(self, message: str, call: str = "", exitcode: int | None = None):
+        super().__init__(message, call)
+        self.exitcode = exitcode
 
 
 class MemoryLimitError(WorkerLostError, MemoryError):

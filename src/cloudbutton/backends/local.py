@@ -138,12 +138,16 @@ class _Worker:
         self.conn.close()
         self.sock.close()
 
-    def exit_reason(self) -> str:
+    def exit_code(self) -> int:
+        """The worker's exit code (-N if signal N killed it); waits a little for it to exit."""
         try:
-            code = self.proc.wait(timeout=5)
+            return self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            code = self.proc.wait()
+            return self.proc.wait()
+
+    def exit_reason(self) -> str:
+        code = self.exit_code()
         if code < 0:
             return f"killed by signal {signal.Signals(-code).name}"
         return f"exited with code {code}"
@@ -267,7 +271,7 @@ class WorkerPool:
             for w in list(self._workers):
                 if w.sock in ready and self._receive(w, dispatch=True) and not self._closed and w in self._workers:
                     self._replace(w, lambda name, _, w=w: WorkerLostError(
-                        f"worker {w.proc.pid} running call {name} was lost: {w.exit_reason()}", name))
+                        f"worker {w.proc.pid} running call {name} was lost: {w.exit_reason()}", name, w.exit_code()))
             self._enforce_timeouts()
 
     def _receive(self, w: _Worker, dispatch: bool = False) -> bool:

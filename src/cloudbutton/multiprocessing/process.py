@@ -7,7 +7,6 @@ import concurrent.futures as cf
 import itertools
 import multiprocessing
 import os
-import re
 import signal
 import sys
 import threading
@@ -70,12 +69,7 @@ def _join_at_exit() -> None:
 
 def _exitcode_of_lost(error: WorkerLostError) -> int:
     """A worker that died: the exit code the standard library would report (-N for signal N)."""
-    text = str(error)
-    if m := re.search(r"exited with code (-?\d+)", text):
-        return int(m.group(1))
-    if m := re.search(r"killed by signal (SIG\w+)", text):
-        return -getattr(signal, m.group(1), signal.SIGKILL)
-    return 1
+    return 1 if error.exitcode is None else error.exitcode
 
 
 class Process:
