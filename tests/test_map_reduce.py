@@ -1,10 +1,12 @@
 """map over objects in storage, map_reduce, and large arguments/results travelling through storage."""
 
 import os
+import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from calls import wait_for
 
 from cloudbutton import FunctionExecutor
 from cloudbutton.errors import StorageError
@@ -120,11 +122,6 @@ def test_a_failing_map_fails_its_reducer_with_that_error(sfexec):
     assert any("did not run" in note for note in caught.value.__notes__)
 
 
-def test_reducer_one_per_object_needs_objects(sfexec):
-    with pytest.raises(ValueError, match="reducer_one_per_object"):
-        sfexec.map_reduce(abs, [1, 2], sum, reducer_one_per_object=True)
-
-
 def test_bad_object_references_and_chunk_options_fail_before_anything_runs(sfexec, books, storage_dir):
     url = sorted(books)[0]
     with pytest.raises(StorageError, match="no objects at .*missing/"):
@@ -226,3 +223,45 @@ def test_map_over_an_object_served_over_http(http_server, sfexec):
     parts = sfexec.get_result(sfexec.map(lines_of, [f"{http_server.url}/served.txt"], obj_chunk_number=3))
     assert len(parts) == 3
     assert "".join(line for part in parts for line in part) == TEXT
+
+
+def stored_files(storage):
+    return [p for p in storage.rglob("*") if p.is_file()]
+
+
+def eventually_empty(storage, timeout=60):
+    deadline = time.monotonic() + timeout
+    while stored_files(storage) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return stored_files(storage)
+
+
+def test_shutdown_without_wait_keeps_the_stored_arguments_of_calls_still_to_run(tmp_path):
+    storage = tmp_path / "store"
+    fexec = FunctionExecutor(max_workers=1, storage_url=f"file://{storage}", storage_threshold=1000)
+    futures = fexec.map(lambda data: len(data), [b"x" * 5000] * 3, chunksize=1)
+    fexec.shutdown(wait=False)
+    assert [f.result(timeout=60) for f in futures] == [5000] * 3
+    assert eventually_empty(storage) == []
+
+
+def test_the_stored_result_of_a_cancelled_call_is_removed(tmp_path, gate):
+    storage = tmp_path / "store"
+    with FunctionExecutor(max_workers=1, storage_url=f"file://{storage}", storage_threshold=1000) as fexec:
+        future = fexec.call_async(lambda path: wait_for(path, b"r" * 5000), gate)
+        assert future.cancel()
+        Path(gate).touch()  # the call runs on and stores its result, which nobody will read
+        assert eventually_empty(storage) == []
+
+
+def test_reducer_one_per_object_with_plain_values_runs_nothing(sfexec):
+    before = len(sfexec.futures)
+    with pytest.raises(ValueError, match="reducer_one_per_object"):
+        sfexec.map_reduce(abs, [1, 2], sum, reducer_one_per_object=True)
+    assert len(sfexec.futures) == before
+
+
+def test_large_arguments_and_results_through_s3_with_credentials_from_extra_env(s3_url):
+    with FunctionExecutor(max_workers=2, storage_url=s3_url, storage_threshold=1000) as fexec:
+        futures = fexec.map(lambda data: data * 2, [b"a" * 3000, b"b"], extra_env=aws_env())
+        assert fexec.get_result(futures) == [b"a" * 6000, b"bb"]

@@ -37,7 +37,8 @@ class _JobRun:
         self.args: list[bytes | None] = [None] * len(futures)  # kept until settled, to run lost calls again
         self.payloads: list[bytes | None] | None = None  # results as pickled, kept for a reducer if set
         self.stored = False  # whether any argument or result went through storage
-        self._unsettled = len(futures)
+        self.settled = [False] * len(futures)  # whether each call's outcome arrived (or it will never run)
+        self.unsettled = len(futures)
         self._lock = threading.Lock()
 
     def launch(self, calls: list[tuple[int, bytes]]) -> None:
@@ -57,12 +58,13 @@ class _JobRun:
         for index, ok, payload, stats in results:
             future = self.futures[index]
             future.stats.update(stats, received=received)
+            if spill.is_reference(payload):
+                self.stored = True  # also for a cancelled call: its stored result must go too
             if future.done():  # cancelled by the user meanwhile
                 outcomes.append((index, None, None))
                 continue
             try:
                 if spill.is_reference(payload):
-                    self.stored = True
                     payload = spill.unspill(payload)
                 if ok:
                     value, error = serialize.loads(payload), None
@@ -89,22 +91,31 @@ class _JobRun:
         self.settle([(index, None, error)])
 
     def settle(self, outcomes: list[tuple[int, Any, BaseException | None]]) -> None:
-        """Settle calls ``(index, value, error)``; the first outcome of a call counts."""
+        """Settle calls ``(index, value, error)``; the first outcome of a call counts. Once every call
+        is settled, the job's stored data is removed (before the last future settles, so that a waiter
+        finds nothing left)."""
         with self._lock:
             fresh = []
             for index, value, error in outcomes:
-                if self.args[index] is None and self.futures[index].done():
-                    continue  # settled already
-                self.args[index] = None
+                if self.settled[index]:
+                    continue
+                self.settled[index], self.args[index] = True, None
+                if self.payloads is not None and error is not None:
+                    self.payloads[index] = None
                 fresh.append((self.futures[index], value, error))
-            self._unsettled -= len(fresh)
-            last = self._unsettled == 0 and fresh
-        if last and self.stored:  # removed before the last future settles: a waiter then finds nothing left
-            try:
-                spill.remove(self.job.data_url)
-            except Exception as e:  # noqa: BLE001 - the results are safe; only clean-up failed
-                logger.warning("cloudbutton: could not remove the stored data of job %s: %s", self.job.key, e)
+            self.unsettled -= len(fresh)
+            last = self.unsettled == 0 and fresh
+        if last and self.stored:
+            _remove_stored(self.job.data_url)
         settle(fresh)
+
+
+def _remove_stored(url: str) -> None:
+    """Remove stored call data; a failure is logged, never raised (the results are safe already)."""
+    try:
+        spill.remove(url)
+    except Exception as e:  # noqa: BLE001
+        logger.warning("cloudbutton: could not remove the stored call data at %s: %s", url, e)
 
 
 def _when_all_done(futures: list[ResponseFuture], then) -> None:
@@ -193,6 +204,7 @@ class FunctionExecutor:
         self.storage_url = (self.config.storage_url or default_storage_url()).rstrip("/")
         self._data_url = f"{self.storage_url}/cloudbutton-jobs/{self.executor_id}"
         self._runs: list[_JobRun] = []
+        self._reducers = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="cloudbutton-reducers")
         self.futures: list[ResponseFuture] = []
         self._uncollected: list[ResponseFuture] = []
         self._jobs = itertools.count()
@@ -236,8 +248,9 @@ class FunctionExecutor:
         ``obj_chunk_size`` (bytes) or ``obj_chunk_number`` (parts per object) split objects, and
         ``obj_newline`` (``None`` for binary data) aligns parts to whole lines."""
         run, _ = self._map(
-            map_function, map_iterdata, extra_args, extra_env, runtime_memory, timeout, chunksize,
-            include_modules, exclude_modules, retries, obj_chunk_size, obj_chunk_number, obj_newline,
+            map_function, map_iterdata, extra_args=extra_args, extra_env=extra_env, runtime_memory=runtime_memory,
+            timeout=timeout, chunksize=chunksize, include_modules=include_modules, exclude_modules=exclude_modules,
+            retries=retries, obj_chunk_size=obj_chunk_size, obj_chunk_number=obj_chunk_number, obj_newline=obj_newline,
         )
         return list(run.futures)  # a copy: the caller may reorder it
 
@@ -273,15 +286,13 @@ class FunctionExecutor:
         modules = serialize.by_value_modules(include_modules, exclude_modules)
         reduce_bytes = serialize.dumps_function(reduce_function, modules)  # fails before any map runs
         map_run, objects = self._map(
-            map_function, map_iterdata, extra_args, extra_env, map_runtime_memory, timeout, chunksize,
-            include_modules, exclude_modules, retries, obj_chunk_size, obj_chunk_number, obj_newline,
-            collected_later=True, keep_payloads=True,
+            map_function, map_iterdata, extra_args=extra_args, extra_env=extra_env, runtime_memory=map_runtime_memory,
+            timeout=timeout, chunksize=chunksize, include_modules=include_modules, exclude_modules=exclude_modules,
+            retries=retries, obj_chunk_size=obj_chunk_size, obj_chunk_number=obj_chunk_number,
+            obj_newline=obj_newline, collected_later=True, keep_payloads=True, only_objects=reducer_one_per_object,
         )
         groups: dict[str | None, list[ResponseFuture]] = {}
         if reducer_one_per_object:
-            if len(objects) != len(map_run.futures) or None in objects:
-                raise ValueError("reducer_one_per_object needs map_iterdata made of objects in storage "
-                                 "and a map function with a parameter named 'obj'")
             for url, future in zip(objects, map_run.futures, strict=True):
                 groups.setdefault(url, []).append(future)
         else:
@@ -291,7 +302,8 @@ class FunctionExecutor:
         by_keyword = "results" in parameter_names(reduce_function)
         for index, futures in enumerate(groups.values()):
             reduce = functools.partial(self._reduce, reduce_run, index, map_run, futures, modules, by_keyword)
-            _when_all_done(futures, reduce)
+            # launched from a thread of its own: the backend's result thread must not pickle and store
+            _when_all_done(futures, functools.partial(self._reducers.submit, reduce))
         return list(reduce_run.futures)
 
     def _reduce(
@@ -299,6 +311,9 @@ class FunctionExecutor:
     ) -> None:
         """Launch reducer ``index`` over the results of ``futures`` of ``map_run`` (all done), or fail
         it with theirs. The results travel as the maps pickled them."""
+        if run.futures[index].done():  # cancelled by the user: it will never run
+            run.settle([(index, None, None)])
+            return
         try:
             for future in futures:
                 error = None if future.cancelled() else future.exception()
@@ -308,6 +323,8 @@ class FunctionExecutor:
                     error.add_note(f"reducer {run.job.call_name(index)} did not run: map call "
                                    f"{future.name} failed")
                     run.settle([(index, None, error)])
+                    for f in futures:
+                        map_run.payloads[f.call_index] = None
                     return
             payloads = [map_run.payloads[f.call_index] for f in futures]
             for f in futures:
@@ -325,11 +342,12 @@ class FunctionExecutor:
         )
 
     def _map(
-        self, map_function, map_iterdata, extra_args, extra_env, runtime_memory, timeout, chunksize,
+        self, map_function, map_iterdata, *, extra_args, extra_env, runtime_memory, timeout, chunksize,
         include_modules, exclude_modules, retries, obj_chunk_size, obj_chunk_number, obj_newline,
-        collected_later: bool = False, keep_payloads: bool = False,
+        collected_later: bool = False, keep_payloads: bool = False, only_objects: bool = False,
     ) -> tuple[_JobRun, list[str | None]]:
-        """Plan, pickle and launch a map; return its run and the object URL each call reads."""
+        """Plan, pickle and launch a map; return its run and the object URL each call reads. With
+        ``only_objects``, every call must read an object in storage (checked before anything runs)."""
         if self._closed:
             raise RuntimeError("cannot schedule new calls after the executor was shut down")
         if not callable(map_function):
@@ -339,6 +357,9 @@ class FunctionExecutor:
             map_function, map_iterdata, self.storage_url, obj_chunk_size, obj_chunk_number, obj_newline
         )
         calls = plan_calls(iterdata, extra_args)
+        if only_objects and (len(objects) != len(calls) or None in objects):
+            raise ValueError("reducer_one_per_object needs map_iterdata made of objects in storage "
+                             "and a map function with a parameter named 'obj'")
         modules = serialize.by_value_modules(include_modules, exclude_modules)
         args = serialize.dumps_arguments(calls, modules, "arguments of call")
         function_bytes = serialize.dumps_function(map_function, modules)
@@ -414,10 +435,10 @@ class FunctionExecutor:
     def clean(self) -> None:
         """Forget finished calls (their results and records) so their memory is freed, and remove
         whatever data of finished jobs is left in storage."""
-        finished = [run for run in self._runs if all(f.done() for f in run.futures)]
+        finished = [run for run in self._runs if run.unsettled == 0]
         for run in finished:
             if run.stored:
-                spill.remove(run.job.data_url)
+                _remove_stored(run.job.data_url)  # normally gone already; a failed removal is retried
         self._runs = [run for run in self._runs if run not in finished]
         self.futures = [f for f in self.futures if not f.done()]
         self._uncollected = [f for f in self._uncollected if not f.done()]
@@ -425,7 +446,10 @@ class FunctionExecutor:
     # --- lifetime ---------------------------------------------------------------------------
 
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
-        """Stop: with ``cancel_futures`` drop calls not yet started; with ``wait`` wait for the rest."""
+        """Stop: with ``cancel_futures`` drop calls not yet started; with ``wait`` wait for the rest.
+
+        A job's stored data is removed once all its calls are settled; calls still running after a
+        shutdown without ``wait`` keep theirs until they end."""
         if self._closed:
             return
         self._closed = True
@@ -434,13 +458,16 @@ class FunctionExecutor:
                 if not f.running():
                     f.cancel()
             cancel = getattr(self.backend, "cancel", None)
-            if cancel:
-                cancel()
+            runs = {run.job.key: run for run in self._runs}
+            for job, index in (cancel() if cancel else None) or ():
+                if job.key in runs:  # dropped before it ran: settled (its future is cancelled)
+                    runs[job.key].settle([(index, None, None)])
         if wait:
             self.wait(throw_except=False, show_progressbar=False)
+        self._reducers.shutdown(wait=wait)
         self.backend.close()
-        if any(run.stored for run in self._runs):
-            spill.remove(self._data_url)
+        if wait and all(run.unsettled == 0 for run in self._runs):
+            _remove_stored(self._data_url)  # what is left: empty folders, or data a failed removal left
 
     def __enter__(self) -> FunctionExecutor:
         return self

@@ -8,20 +8,16 @@ of its calls are settled, so a job leaves nothing behind.
 
 from __future__ import annotations
 
-from .errors import StorageError
-
 MARK = b"cloudbutton-stored:"
 
 
 def spill(data: bytes, url: str) -> bytes:
     """Write ``data`` to ``url``; return the reference that stands for it."""
-    from .storage import filesystem  # imported when needed: fsspec costs workers' start-up otherwise
+    from .storage import filesystem, storage_errors  # imported when needed: fsspec slows workers' start-up
 
-    fs, path = filesystem(url)
-    try:
+    with storage_errors(url, f"write {len(data)} bytes of call data to"):
+        fs, path = filesystem(url)
         fs.pipe_file(path, data)
-    except OSError as e:
-        raise StorageError(f"cannot write {len(data)} bytes of call data to {url}: {e}") from e
     return MARK + url.encode()
 
 
@@ -33,22 +29,21 @@ def unspill(payload: bytes) -> bytes:
     """The bytes ``payload`` stands for: itself, or the object a reference names."""
     if not is_reference(payload):
         return payload
-    from .storage import filesystem
+    from .storage import filesystem, storage_errors
 
     url = payload[len(MARK) :].decode()
-    fs, path = filesystem(url)
-    try:
+    with storage_errors(url, "read call data from", missing="cannot read call data from"):
+        fs, path = filesystem(url)
         return fs.cat_file(path)
-    except OSError as e:  # FileNotFoundError included
-        raise StorageError(f"cannot read call data from {url}: {e}") from e
 
 
 def remove(url: str) -> None:
     """Remove everything under ``url`` (a job's or an executor's data); missing is fine."""
-    from .storage import filesystem
+    from .storage import filesystem, storage_errors
 
-    fs, path = filesystem(url)
-    try:
-        fs.rm(path, recursive=True)
-    except FileNotFoundError:
-        pass
+    with storage_errors(url, "remove"):
+        fs, path = filesystem(url)
+        try:
+            fs.rm(path, recursive=True)
+        except FileNotFoundError:
+            pass

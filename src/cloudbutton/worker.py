@@ -95,13 +95,14 @@ class Runtime:
             _calls.running = False
             if memory_limited:
                 _limit_memory(None)
-            _apply_env(saved_env)
         stats["result_bytes"] = len(payload) if ok else 0
-        if job.data_url and job.storage_threshold and len(payload) > job.storage_threshold:
-            try:
+        try:  # still with the call's extra_env: it may hold the storage's credentials
+            if job.data_url and job.storage_threshold and len(payload) > job.storage_threshold:
                 payload = spill.spill(payload, f"{job.data_url}/results/{index:05d}")
-            except Exception as e:  # noqa: BLE001 - the call's outcome is this error instead
-                payload, ok = _pack_exception(e), False
+        except Exception as e:  # noqa: BLE001 - the call's outcome is this error instead
+            payload, ok, stats["result_bytes"] = _pack_exception(e), False, 0
+        finally:
+            _apply_env(saved_env)
         stats["finished"] = time.time()
         stats["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         return index, ok, payload, stats
