@@ -89,12 +89,13 @@ def test_the_function_receives_a_partition_that_reads_only_its_range(sfexec, boo
     assert b"".join(p.data_stream.read() for p in parts) == books[url].encode()
 
 
-def test_map_reduce_counts_words_like_a_single_process(sfexec, books):
-    futures = sfexec.map_reduce(count_words, "books/", merge, obj_chunk_size=300)
-    assert len(futures) == 1
-    expected = Counter("".join(books.values()).encode().split())
-    assert sfexec.get_result() == expected  # get_result() gives the reducer's value, not the maps'
-    assert futures[0].result() == expected
+def test_map_reduce_counts_words_like_a_single_process(storage_dir, books):
+    with FunctionExecutor(max_workers=2, storage_url=f"file://{storage_dir}") as fexec:  # nothing uncollected
+        futures = fexec.map_reduce(count_words, "books/", merge, obj_chunk_size=300)
+        assert len(futures) == 1
+        expected = Counter("".join(books.values()).encode().split())
+        assert fexec.get_result() == expected  # get_result() gives the reducer's value, not the maps'
+        assert futures[0].result() == expected
 
 
 def test_one_reducer_per_object_reduces_only_that_objects_results(sfexec, books):

@@ -65,6 +65,7 @@ def test_put_ls_cat_get_rm(base, tree, tmp_path, capsysbinary):
     assert cb(capsysbinary, "cat", f"{base}/a.txt", f"{base}/b.bin", f"{base}/sub/c.txt") == (
         0, b"alpha\n" + BINARY + b"gamma\n", ""
     )
+    assert cb(capsysbinary, "cat", f"{base}/*.txt", f"{base}/sub/*.txt") == (0, b"alpha\ngamma\n", "")
 
     copy = tmp_path / "copy"
     assert cb(capsysbinary, "get", "-r", base, str(copy))[0] == 0  # copy does not exist: it is the copy

@@ -5,7 +5,7 @@ it took; ``cloudbutton config show`` prints the resolved configuration and where
 from; ``cloudbutton state serve`` runs a state server in the foreground (stopped with Ctrl-C or
 SIGTERM, exit 0); ``cloudbutton storage ls|put|get|rm|cat`` works on objects at any fsspec URL;
 ``cloudbutton --version``. Exit codes: 0 success, 1 a cloudbutton error (one line on stderr,
-no traceback), 2 a usage error, 130 interrupted with Ctrl-C.
+no traceback), 2 a usage error, 130 interrupted with Ctrl-C, 141 ``storage cat`` into a closed pipe.
 """
 
 from __future__ import annotations
@@ -175,20 +175,21 @@ def _cmd_storage_rm(args: argparse.Namespace) -> int:
 
 
 def _cmd_storage_cat(args: argparse.Namespace) -> int:
-    from .storage import open_url, storage_errors
+    from .storage import is_glob, ls, open_url, storage_errors
 
     sys.stdout.flush()
     out = sys.stdout.buffer
 
     def show(url: str) -> None:
-        with open_url(url) as f:
-            while True:
-                with storage_errors(url, "read"):
-                    chunk = f.read(1 << 20)
-                if not chunk:
-                    break
-                out.write(chunk)
-        out.flush()
+        for match in [e["url"] for e in ls(url) if e["type"] != "directory"] if is_glob(url) else [url]:
+            with open_url(match) as f:
+                while True:
+                    with storage_errors(match, "read"):
+                        chunk = f.read(1 << 20)
+                    if not chunk:
+                        break
+                    out.write(chunk)
+            out.flush()
 
     try:
         return _each(args.urls, show)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import StorageError
-from .storage import _is_object, filesystem, storage_errors
+from .storage import _is_object, filesystem, is_glob, storage_errors
 
 _BLOCK = 1 << 16
 _PROBE = 1 << 12  # first read when looking for a separator (lines are usually shorter)
@@ -147,7 +147,7 @@ def _objects(source: str, storage_options: dict) -> list[tuple[str, str, int]]:
     the URL ends with ``/``."""
     fs, path = filesystem(source, **storage_options)
     with storage_errors(source, "list", missing="no objects at"):
-        if any(c in path for c in "*?["):
+        if is_glob(path):
             found = fs.glob(path, detail=True)
         elif source.endswith("/"):  # a prefix: list it at once (no info request, which may be a HEAD)
             found = fs.find(path, detail=True)

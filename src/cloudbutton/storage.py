@@ -34,6 +34,11 @@ _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
 _GLOB = re.compile(r"[*?\[]")
 
 
+def is_glob(path: str) -> bool:
+    """Whether ``path`` (or a URL) is a glob pattern (``*``, ``?`` or ``[...]``)."""
+    return bool(_GLOB.search(path))
+
+
 def default_storage_url() -> str:
     """The configured ``storage_url`` or a local directory under ``~/.cache/cloudbutton/storage``."""
     from .config import resolve_config
@@ -265,7 +270,7 @@ class Storage:
 
 def _infos(fs, path: str, url: str) -> list[dict]:
     """Infos of what ``url`` names: the object or folder itself, or a glob's matches (never empty)."""
-    if not _GLOB.search(path):
+    if not is_glob(path):
         with storage_errors(url, "read"):
             return [fs.info(path)]
     with storage_errors(url, "list", missing="no objects at"):
@@ -280,9 +285,9 @@ def ls(url: str, recursive: bool = False, **storage_options: Any) -> list[dict]:
     folder's content (every object below it if ``recursive``); folders end with ``/``. Nothing there is a
     StorageError; an empty local folder gives []."""
     fs, path = filesystem(url, **storage_options)
-    folder = url.endswith("/") and not _GLOB.search(path)  # certainly a folder: list it at once
+    folder = url.endswith("/") and not is_glob(path)  # certainly a folder: list it at once
     infos = [{"name": path, "type": "directory"}] if folder else _infos(fs, path, url)
-    if len(infos) == 1 and infos[0].get("type") == "directory" and not _GLOB.search(path):
+    if len(infos) == 1 and infos[0].get("type") == "directory" and not is_glob(path):
         with storage_errors(url, "list", missing="no objects at"):
             found = fs.find(path, detail=True).values() if recursive else fs.ls(path, detail=True)
         infos = [i for i in found if i.get("type") == "directory" or _is_object(i)]
