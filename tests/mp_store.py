@@ -31,8 +31,8 @@ def assert_no_orphans(url: str) -> None:
 
 
 def assert_all_deleted(url: str) -> None:
-    """Delete what live objects still own (e.g. arguments of finished Processes, which the Process runner
-    keeps), then check the store holds no ``mp:`` object."""
+    """Delete what live objects still own (e.g. objects a test module keeps at module level), then check the
+    store holds no ``mp:`` object."""
     for finalizer in [f for f, info in list(weakref.finalize._registry.items()) if info.func is _delete]:
         finalizer()
     left = redis.Redis.from_url(url).keys("*mp:*")

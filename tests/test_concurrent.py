@@ -11,7 +11,7 @@ import pytest
 from calls import wait_for
 
 from cloudbutton import SerializationError, WorkerLostError
-from cloudbutton.concurrent import InitializerError, ServerlessExecutor
+from cloudbutton.concurrent import InitializerError, ServerlessExecutor, _Initializer
 
 
 def mul(x, y):
@@ -22,8 +22,6 @@ def raise_on(x, bad):
     if x == bad:
         raise KeyError(f"bad {x}")
     return x
-
-
 
 
 def exit_on(x, bad):
@@ -55,8 +53,6 @@ def failing_initializer():
 def executor(isolated):
     with ServerlessExecutor(max_workers=2) as ex:
         yield ex
-
-
 
 
 def test_is_a_concurrent_futures_executor(executor):
@@ -96,10 +92,14 @@ def test_map_raises_a_calls_exception_when_it_reaches_it(executor):
 
 
 def test_map_raises_timeout_error_and_cancels_the_rest(executor, gate):
+    before = len(executor.executor.futures)
     results = executor.map(wait_for, [gate] * 4, timeout=0.2)
+    futures = executor.executor.futures[before:]
+    assert len(futures) == 4
     with pytest.raises(TimeoutError):
         next(results)
-    with pytest.raises(StopIteration):  # the iterator is finished: the other calls were cancelled
+    assert [f.cancelled() for f in futures] == [True] * 4  # the one that timed out, and the calls not yet yielded
+    with pytest.raises(StopIteration):
         next(results)
 
 
@@ -183,6 +183,26 @@ def test_initializer_runs_once_per_worker_before_its_calls(isolated, tmp_path):
     assert len(init_pids) == len(set(init_pids))  # once per worker process
     assert all(value == "yes" for _, value in results)  # and its globals are the ones the calls see
     assert {str(pid) for pid, _ in results} <= set(init_pids)
+
+
+def test_two_threads_of_one_worker_run_the_initializer_once():
+    entered, runs = threading.Event(), []
+
+    def slow_initializer():
+        runs.append(threading.get_ident())
+        entered.set()
+        threading.Event().wait(0.5)  # the other thread arrives meanwhile
+
+    init = _Initializer(slow_initializer, ())
+    first = threading.Thread(target=init.ensure)
+    first.start()
+    assert entered.wait(60)
+    second = threading.Thread(target=init.ensure)  # e.g. a second call running in the same worker process
+    second.start()
+    for thread in (first, second):
+        thread.join(60)
+        assert not thread.is_alive()
+    assert len(runs) == 1
 
 
 def test_failing_initializer_breaks_the_executor(isolated):

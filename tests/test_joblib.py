@@ -99,21 +99,29 @@ def test_tasks_run_on_the_workers_not_in_the_caller(cloudbutton_backend):
     assert os.getpid() not in pids
 
 
-def test_effective_n_jobs_is_the_executors_workers(storage_url):
-    backend = CloudbuttonBackend(max_workers=2, storage_url=storage_url)
+def _started_threads(before: set) -> list[str]:
+    return [t.name for t in threading.enumerate() if t not in before
+            and t.name in ("cloudbutton-joblib-callbacks", "cloudbutton-local-pool")]
+
+
+def test_effective_n_jobs_is_the_executors_workers_and_starts_nothing(storage_url):
+    before = set(threading.enumerate())
+    backend = CloudbuttonBackend(max_workers=3, storage_url=storage_url)
+    assert backend.effective_n_jobs(-1) == 3
+    assert backend.effective_n_jobs(None) == 3
+    assert backend.effective_n_jobs(-2) == 2
+    assert backend.effective_n_jobs(8) == 3
+    assert backend.effective_n_jobs(1) == 1
+    with pytest.raises(ValueError, match="n_jobs == 0"):
+        backend.effective_n_jobs(0)
+    with parallel_config(backend="cloudbutton", max_workers=3, storage_url=storage_url):
+        assert joblib.effective_n_jobs() == 3  # as scikit-learn asks it, outside any Parallel
+    assert _started_threads(before) == []
     try:
-        assert backend.effective_n_jobs(-1) == 2
-        assert backend.effective_n_jobs(None) == 2
-        assert backend.effective_n_jobs(-2) == 1
-        assert backend.effective_n_jobs(8) == 2
-        assert backend.effective_n_jobs(1) == 1
-        with pytest.raises(ValueError, match="n_jobs == 0"):
-            backend.effective_n_jobs(0)
+        assert backend._started().backend.workers == 3  # what a started executor runs at once
+        assert backend.effective_n_jobs(-1) == 3
     finally:
         backend.terminate()
-    with parallel_config(backend="cloudbutton", max_workers=2, storage_url=storage_url):
-        assert joblib.effective_n_jobs() == 2
-        Parallel()(delayed(square)(i) for i in range(2))  # its end stops the executor started above
 
 
 def test_one_job_runs_in_the_calling_process(storage_url):

@@ -188,6 +188,15 @@ def test_manager_value_array_queue_and_sync_objects():
         assert manager.Semaphore(3).get_value() == 3
 
 
+def test_manager_value_stores_any_object_as_it_is():
+    with Manager() as manager:
+        big, text = manager.Value("i", 2**40), manager.Value("c", "hello")
+        assert big.value == 2**40 and text.get() == "hello"
+        text.value = {"any": [1, 2.5]}
+        assert pickle.loads(pickle.dumps(text)).value == {"any": [1, 2.5]}
+        assert manager.Value("d", None).value is None
+
+
 def test_shutdown_deletes_every_object_the_manager_made():
     r = redis.Redis.from_url(state_url())
     before = set(r.keys("*mp:*"))

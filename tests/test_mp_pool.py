@@ -1,10 +1,13 @@
 """cloudbutton.multiprocessing.Pool with real workers (after CPython's _test_multiprocessing.py, _TestPool)."""
 
 import concurrent.futures as cf
+import gc
+import itertools
 import multiprocessing
 import os
 import signal
 import threading
+import weakref
 
 import pytest
 from calls import wait_for
@@ -26,8 +29,6 @@ def raise_on(x, bad=3):
     if x == bad:
         raise KeyError(f"bad {x}")
     return x
-
-
 
 
 def gated_sqr(x, gate, blocked):
@@ -72,8 +73,6 @@ def numbers(n, fail_at=None):
 def pool(isolated):
     with mp.Pool(2) as p:
         yield p
-
-
 
 
 def open_gate(path):
@@ -191,11 +190,25 @@ def test_exceptions_are_reraised_with_their_type(pool):
         pool.starmap(raise_on, [(i, 3) for i in range(10)], chunksize=1)
 
 
-def test_map_async_reports_the_first_error_in_input_order(pool):
-    result = pool.map_async(raise_on, range(20), chunksize=1)
+def fail_early_or_late(x, gate, later_failed):
+    if x == 1:  # fails last, once the later item has failed
+        wait_for(gate)
+        raise KeyError("the earlier item")
+    if x == 5:
+        open_gate(later_failed)
+        raise KeyError("the later item")
+    return x
+
+
+def test_map_async_reports_the_first_error_in_input_order(pool, gate):
+    later_failed = gate + ".later"
+    result = pool.starmap_async(fail_early_or_late, [(x, gate, later_failed) for x in range(8)], chunksize=1)
+    wait_for(later_failed)  # item 5 failed while item 1 still runs
+    assert not result.ready()
+    open_gate(gate)
     result.wait(timeout=30)
     assert result.ready() and not result.successful()
-    with pytest.raises(KeyError, match="bad 3"):
+    with pytest.raises(KeyError, match="the earlier item"):
         result.get()
 
 
@@ -291,13 +304,72 @@ def test_terminate_cancels_the_tasks_not_finished(isolated, gate):
     errors = []
     results = [p.apply_async(wait_for, (gate,), error_callback=errors.append) for _ in range(4)]
     p.terminate()
+    assert len(errors) == 4  # the error callbacks ran before terminate returned
+    assert all(isinstance(error, cf.CancelledError) for error in errors)
     for r in results:
         with pytest.raises(cf.CancelledError, match="terminated"):
             r.get(timeout=30)
-    assert len(errors) == 4  # the error callbacks ran before terminate returned
     with pytest.raises(ValueError, match="Pool not running"):
         p.map(sqr, [1])
     p.join()
+
+
+def _new_threads(before, *names):
+    return [t for t in threading.enumerate() if t not in before and t.name in names]
+
+
+def test_terminate_stops_reading_an_endless_input(isolated):
+    before = set(threading.enumerate())
+    p = mp.Pool(2)
+    it = p.imap(sqr, itertools.count())
+    assert [it.next(timeout=30) for _ in range(3)] == [0, 1, 4]
+    feeding = _new_threads(before, "cloudbutton-pool-feeder", "cloudbutton-pool-reader")
+    assert len(feeding) == 2
+    p.terminate()
+    for thread in feeding:
+        thread.join(30)
+        assert not thread.is_alive(), f"{thread.name} still runs after terminate()"
+    p.join()
+
+
+def exit_after(n):
+    yield from range(n)
+    raise SystemExit(5)
+
+
+def test_imap_input_raising_a_base_exception_ends_the_results(pool):
+    it = pool.imap(sqr, exit_after(2))
+    assert [it.next(timeout=30), it.next(timeout=30)] == [0, 1]
+    with pytest.raises(SystemExit):
+        it.next(timeout=30)
+    with pytest.raises(StopIteration):
+        it.next(timeout=30)
+
+
+def test_finished_imap_feeders_are_forgotten(isolated):
+    with mp.Pool(2) as p:
+        for _ in range(3):
+            before = set(threading.enumerate())
+            assert list(p.imap(sqr, numbers(3))) == [0, 1, 4]
+            for thread in _new_threads(before, "cloudbutton-pool-feeder", "cloudbutton-pool-reader"):
+                thread.join(30)
+        assert list(p.imap(sqr, numbers(2))) == [0, 1]
+        assert len(p._feeders) == 1
+
+
+def test_a_pool_dropped_without_terminate_stops_its_callback_thread(isolated):
+    before = set(threading.enumerate())
+    p = mp.Pool(2)
+    got = []
+    p.map_async(sqr, [1, 2], callback=got.append).wait(30)
+    assert got == [[1, 4]]
+    (callbacks,) = _new_threads(before, "cloudbutton-pool-callbacks")
+    dropped = weakref.ref(p)
+    del p
+    gc.collect()
+    assert dropped() is None  # nothing of the pool's own keeps it alive
+    callbacks.join(30)
+    assert not callbacks.is_alive()
 
 
 def test_context_manager_terminates(isolated):

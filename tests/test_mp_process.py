@@ -31,6 +31,13 @@ def fail():
     raise ValueError("child failed")
 
 
+def ask_parent(path):
+    try:
+        mp.parent_process()
+    except NotImplementedError as e:
+        write(path, e)
+
+
 def leave(how):
     if how == "exit-none":
         sys.exit()
@@ -230,6 +237,27 @@ def test_what_cannot_be_honoured_says_so():
         shared_memory.SharedMemory(create=True, size=10)
     with pytest.raises(NotImplementedError, match="storage"):
         shared_memory.ShareableList([1, 2])
+
+
+def test_logging_parent_process_and_executable(tmp_path):
+    assert mp.get_logger() is multiprocessing.get_logger()
+    assert mp.get_context().get_logger() is multiprocessing.get_logger()
+    logger = mp.log_to_stderr()
+    try:
+        assert logger is multiprocessing.get_logger() and logger.handlers
+    finally:
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        multiprocessing.util._log_to_stderr = False
+    assert mp.parent_process() is None  # as in the standard library's main process
+    out = tmp_path / "out"
+    p = mp.Process(target=ask_parent, args=(str(out),))
+    p.start()
+    p.join(60)
+    assert p.exitcode == 0 and "Queue or a Pipe" in out.read_text()
+    mp.set_executable(sys.executable)  # what the local backend's workers run
+    with pytest.raises(NotImplementedError, match="workers cannot be told"):
+        mp.set_executable("/opt/other/python3")
 
 
 def test_standard_names():

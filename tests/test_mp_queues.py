@@ -9,10 +9,12 @@ import threading
 from multiprocessing import BufferTooShort
 
 import pytest
+import redis
 from mp_store import finished, mp_store, no_orphans, run  # noqa: F401 - fixtures used by this module
 
 from cloudbutton.multiprocessing.connection import Pipe
 from cloudbutton.multiprocessing.queues import JoinableQueue, Queue, SimpleQueue
+from cloudbutton.state import state_url
 
 # --- functions run in Processes ----------------------------------------------------------------------
 
@@ -190,6 +192,27 @@ def test_join_blocks_while_an_item_is_not_done():
     assert box == {"joined": None}
 
 
+def join_and_mark(q, joined):
+    q.join()
+    joined.put(os.getpid())
+
+
+def test_join_wakes_every_joiner_and_takes_no_lock():
+    r = redis.Redis.from_url(state_url())
+    before = set(r.keys("*mp:*"))
+    q, joined = JoinableQueue(), Queue()
+    q.put("job")
+    names = {key.decode().split("mp:", 1)[1] for key in set(r.keys("*mp:*")) - before}
+    names.discard(joined._queue.name[len("mp:"):])
+    assert len(names) == 2  # the items and the unfinished count: no lock a dead process could leave held
+    joiners = [run(join_and_mark, q, joined) for _ in range(2)]
+    assert q.get() == "job"
+    q.task_done()
+    assert len({joined.get(timeout=60), joined.get(timeout=60)}) == 2
+    assert finished(*joiners) == [0, 0]
+    q.join()  # nothing unfinished: returns at once
+
+
 # --- SimpleQueue --------------------------------------------------------------------------------------
 
 def test_simple_queue_between_processes():
@@ -232,6 +255,21 @@ def test_everything_sent_before_close_is_received_then_eof():
     with pytest.raises(EOFError):
         reader.recv()
     assert reader.poll() is True  # the end of the pipe is there to read
+    assert finished(p) == [0]
+
+
+def send_one(conn, message):
+    conn.send(message)
+    conn.close()
+
+
+def test_the_parent_closing_its_copy_of_the_childs_end_loses_nothing():
+    parent_conn, child_conn = Pipe()
+    p = run(send_one, child_conn, "from the child")
+    child_conn.close()  # the standard library's idiom: the Process has its own copy of this end
+    assert parent_conn.recv() == "from the child"
+    with pytest.raises(EOFError):  # the child's copy closed its end
+        parent_conn.recv()
     assert finished(p) == [0]
 
 

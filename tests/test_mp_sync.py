@@ -362,6 +362,26 @@ def test_event_set_by_a_process_wakes_waiters():
         seen.delete()
 
 
+def test_event_is_one_store_object_and_wait_honours_its_timeout():
+    r = redis.Redis.from_url(state_url())
+    before = set(r.keys("*mp:*"))
+    event = Event()
+    event.set()
+    names = {key.decode().split("mp:", 1)[1] for key in set(r.keys("*mp:*")) - before}
+    assert len(names) == 1  # one flag: no lock a dead setter could leave held, no waiter list
+    event.clear()
+    seen = AtomicInt(f"t-seen-{id(event)}", 0)
+    try:
+        waiters = [run(wait_event, event, seen) for _ in range(2)]  # blocked in wait: they hold nothing
+        assert event.wait(0.2) is False
+        assert event.wait(0) is False
+        event.set()  # wakes every waiter
+        assert finished(*waiters) == [0, 0]
+        assert seen.get() == 2
+    finally:
+        seen.delete()
+
+
 # --- Barrier ------------------------------------------------------------------------------------------
 
 def test_barrier_gives_distinct_indices_to_processes():

@@ -38,6 +38,10 @@ _initialized: dict[tuple[str, int], tuple[dict | None, tuple[str, BaseException]
 """In a worker process: (initializer token, id of its globals) -> (those globals, kept so that the id
 stays theirs; None once the initializer ran, or (message, exception) if it raised)."""
 
+_initializing = threading.RLock()
+"""Held while an initializer runs, so that two threads of one worker process cannot both run it
+(reentrant: an initializer may itself run a call that needs an initializer)."""
+
 
 class _Initializer:
     """An executor's ``initializer(*initargs)``, run once per worker process before its first call.
@@ -54,15 +58,18 @@ class _Initializer:
     def ensure(self) -> None:
         namespace = getattr(self.initializer, "__globals__", None)
         key = (self.token, id(namespace))
-        if key not in _initialized:
-            failure = None
-            try:
-                self.initializer(*self.initargs)
-            except BaseException as e:  # noqa: BLE001 - SystemExit too: the worker must survive it
-                name = getattr(self.initializer, "__qualname__", repr(self.initializer))
-                failure = (f"the initializer {name} raised {type(e).__name__}: {e} in worker process {os.getpid()}", e)
-            _initialized[key] = (namespace, failure)
-        failure = _initialized[key][1]
+        with _initializing:
+            if key not in _initialized:
+                failure = None
+                try:
+                    self.initializer(*self.initargs)
+                except BaseException as e:  # noqa: BLE001 - SystemExit too: the worker must survive it
+                    name = getattr(self.initializer, "__qualname__", repr(self.initializer))
+                    failure = (
+                        f"the initializer {name} raised {type(e).__name__}: {e} in worker process {os.getpid()}", e
+                    )
+                _initialized[key] = (namespace, failure)
+            failure = _initialized[key][1]
         if failure is not None:
             message, cause = failure
             raise InitializerError(message) from cause

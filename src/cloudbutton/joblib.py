@@ -224,7 +224,7 @@ class CloudbuttonBackend(AutoBatchingMixin, ParallelBackendBase):
             raise ValueError("n_jobs == 0 in Parallel has no meaning")
         if n_jobs == 1 or _in_task.get():
             return 1
-        workers = self._started().backend.workers
+        workers = self._workers()
         n_jobs = -1 if n_jobs is None else n_jobs
         return max(workers + 1 + n_jobs, 1) if n_jobs < 0 else min(n_jobs, workers)
 
@@ -301,6 +301,24 @@ class CloudbuttonBackend(AutoBatchingMixin, ParallelBackendBase):
         self.reset_batch_stats()
 
     # --- internals ---------------------------------------------------------------------------------
+
+    def _workers(self) -> int:
+        """How many calls the backend runs at once, starting nothing that keeps running (scikit-learn asks
+        ``effective_n_jobs`` outside any ``Parallel``, and nothing would stop it)."""
+        with self._lock:
+            if self._executor is not None:
+                return self._executor.backend.workers
+        if self.config.backend == "local":  # the size of the local backend's worker pool, without starting it
+            import os
+
+            return self.config.max_workers or os.cpu_count() or 1
+        from .executor import FunctionExecutor
+
+        executor = FunctionExecutor(config=self.config)  # e.g. a cluster's size: ask it, then let it go
+        try:
+            return executor.backend.workers
+        finally:
+            executor.shutdown(wait=False)
 
     def _started(self):
         """The executor, started on first use (after ``terminate`` a new one is started)."""

@@ -21,7 +21,11 @@ from .context import (
     freeze_support,
     get_all_start_methods,
     get_context,
+    get_logger,
     get_start_method,
+    log_to_stderr,
+    parent_process,
+    set_executable,
     set_start_method,
 )
 from .managers import Manager
@@ -35,6 +39,6 @@ __all__ = [
     "Array", "AuthenticationError", "Barrier", "BoundedSemaphore", "BufferTooShort", "Condition", "Event",
     "JoinableQueue", "Lock", "Manager", "Pipe", "Pool", "Process", "ProcessError", "Queue", "RLock", "RawArray",
     "RawValue", "Semaphore", "SimpleQueue", "TimeoutError", "Value", "active_children", "cpu_count",
-    "current_process", "freeze_support", "get_all_start_methods", "get_context", "get_start_method",
-    "set_start_method",
+    "current_process", "freeze_support", "get_all_start_methods", "get_context", "get_logger", "get_start_method",
+    "log_to_stderr", "parent_process", "set_executable", "set_start_method",
 ]

@@ -2,7 +2,10 @@
 
 A message is a bytes string (``send`` pickles the object with cloudpickle, ``recv`` unpickles it), so
 ``send``/``recv_bytes`` and ``send_bytes``/``recv`` mix as in the standard library. ``close()`` sends an
-end-of-file marker: once the peer has read everything before it, its ``recv`` raises ``EOFError``.
+end-of-file marker: once the peer has read everything before it, its ``recv`` raises ``EOFError``. A handle
+that was pickled (e.g. passed to a Process) has handed its end to the copies: closing it only closes this
+handle, and a copy's ``close()`` sends the marker, so the standard library's idiom (the parent closes its copy
+of the child's end after ``p.start()``, then receives) works.
 Lifetime: each end made by ``Pipe()`` owns the queue it reads from (see
 :mod:`cloudbutton.multiprocessing.synchronize`).
 """
@@ -32,6 +35,7 @@ class Connection(_Shared):
         self._inbox, self._outbox = inbox, outbox
         self._pending: list[bytes] = []  # a message taken by poll() and not yet received
         self._closed = self._eof = False
+        self._handed_off = False  # pickled: the copies use this end, and send the end-of-file marker
 
     @property
     def closed(self) -> bool:
@@ -120,7 +124,7 @@ class Connection(_Shared):
         if self._closed:
             return
         self._closed = True
-        if self._outbox is not None:
+        if self._outbox is not None and not self._handed_off:
             self._outbox.put(_EOF)
 
     def fileno(self) -> int:
@@ -135,7 +139,8 @@ class Connection(_Shared):
     def __getstate__(self) -> dict:
         if self._closed:
             raise OSError("handle is closed")
-        return {**super().__getstate__(), "_pending": [], "_eof": False}
+        self._handed_off = True
+        return {**super().__getstate__(), "_pending": [], "_eof": False, "_handed_off": False}
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} readable={self.readable} writable={self.writable} closed={self._closed}>"

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import sys
 
 __all__ = [
-    "cpu_count", "freeze_support", "get_all_start_methods", "get_context", "get_start_method", "set_start_method",
+    "cpu_count", "freeze_support", "get_all_start_methods", "get_context", "get_logger", "get_start_method",
+    "log_to_stderr", "parent_process", "set_executable", "set_start_method",
 ]
 
 _METHODS = ("spawn", "forkserver")
@@ -79,3 +82,40 @@ def cpu_count() -> int:
 
 def freeze_support() -> None:
     """Nothing to do: workers never re-run the main module."""
+
+
+def get_logger():
+    """The standard library's ``multiprocessing`` logger (``multiprocessing.get_logger()``)."""
+    return multiprocessing.get_logger()
+
+
+def log_to_stderr(level=None):
+    """The standard library's ``multiprocessing.log_to_stderr(level)``: its logger, printing to stderr. It
+    logs the standard library's own events in this process; cloudbutton's are under the ``cloudbutton``
+    logger."""
+    return multiprocessing.log_to_stderr(level)
+
+
+def parent_process():
+    """None outside a Process (as in the standard library's main process). Inside a Process's call it raises
+    ``NotImplementedError``: the process that started it may run on another machine and cannot be reached."""
+    from . import process
+
+    if process._current is None:
+        return None
+    raise NotImplementedError(
+        "the parent of a cloudbutton Process cannot be reached from its call (it may run on another machine):"
+        " pass what the child needs as arguments, or exchange it through a Queue or a Pipe"
+    )
+
+
+def set_executable(executable) -> None:
+    """Workers run the interpreter their backend provides: the ``local`` backend's run this one
+    (``sys.executable``), which is accepted; another raises ``NotImplementedError``."""
+    if os.path.realpath(os.fsdecode(executable)) == os.path.realpath(sys.executable):
+        return
+    raise NotImplementedError(
+        f"workers cannot be told to run {executable!r}: the local backend's run this interpreter ({sys.executable});"
+        " to run another Python, run your script with it, or use a backend whose workers have it (e.g. a container"
+        " image for the http backend, or a Dask cluster started with it)"
+    )

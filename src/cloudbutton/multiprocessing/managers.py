@@ -12,7 +12,7 @@ from typing import Any
 
 from .. import state
 from . import queues, synchronize, values
-from .synchronize import _collect, _finalize, _name
+from .synchronize import _collect, _finalize, _name, _Shared
 
 __all__ = ["DictProxy", "ListProxy", "Manager", "Namespace", "SyncManager", "ValueProxy"]
 
@@ -68,14 +68,27 @@ class Namespace:
         return f"Namespace({', '.join(f'{k}={v!r}' for k, v in items)})"
 
 
-class ValueProxy(values._RawValue):
-    """A value in the store (``Manager().Value(typecode, value)``): ``.value``, ``get()`` and ``set()``."""
+class ValueProxy(_Shared):
+    """A value in the store (``Manager().Value(typecode, value)``): ``.value``, ``get()`` and ``set()``.
+
+    As the standard library's manager does, it stores any picklable object as it is (the typecode is kept
+    but not enforced: no conversion to a C type)."""
+
+    def __init__(self, typecode, value):
+        self._typecode = typecode
+        self._ref = state.AtomicReference(_name("Value"), value)
+        self._own(self._ref)
 
     def get(self) -> Any:
-        return self.value
+        return self._ref.get()
 
     def set(self, value: Any) -> None:
-        self.value = value
+        self._ref.set(value)
+
+    value = property(get, set)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._typecode!r}, {self.get()!r})"
 
 
 class SyncManager:
@@ -192,7 +205,7 @@ class SyncManager:
 
     def Value(self, typecode, value, lock=True) -> ValueProxy:  # noqa: N802
         """A value proxy (``get``/``set``/``.value``); as in the standard library, ``lock`` is ignored."""
-        return self._make(ValueProxy, values._ctype(typecode), value)
+        return self._make(ValueProxy, typecode, value)
 
     def Array(self, typecode, sequence, lock=True) -> values._RawArray:  # noqa: N802
         """An array proxy (``len``, indexing, slicing); as in the standard library, ``lock`` is ignored."""

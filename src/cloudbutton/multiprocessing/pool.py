@@ -8,6 +8,7 @@ import itertools
 import queue
 import threading
 import traceback
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from multiprocessing import TimeoutError  # the standard library's, which callers catch
 from typing import Any
@@ -17,6 +18,11 @@ from ..concurrent import _chunks, _Runner
 __all__ = ["AsyncResult", "IMapIterator", "Pool"]
 
 _RUN, _CLOSE, _TERMINATE = "RUN", "CLOSE", "TERMINATE"
+
+_READ_AHEAD = 1024
+"""Items of a lazy ``imap`` input read and not yet sent, at most (the reader waits for room)."""
+_POLL = 0.1
+"""How often (s) the threads feeding an ``imap`` check whether the pool was stopped while they wait."""
 
 
 def _outcome(future: cf.Future) -> tuple[bool, Any]:
@@ -83,8 +89,10 @@ class AsyncResult:
                 callback(self._value if self._error is None else self._error)
             except Exception:  # noqa: BLE001 - a failing callback must not stop the others
                 traceback.print_exc()
+        pool, self._pool = self._pool, None  # as the standard library's: a finished result does not keep its pool
+        pool._outstanding.discard(self)
+        del pool
         self._event.set()
-        self._pool._outstanding.discard(self)
 
     def ready(self) -> bool:
         return self._event.is_set()
@@ -123,8 +131,8 @@ class IMapIterator:
         self._length: int | None = None  # calls in all, once the input is exhausted
         self._taken = 0  # calls whose outcome was taken
         self._buffer: collections.deque = collections.deque()  # the rest of a chunk's results
-        pool._outstanding.add(self)
-        self._pool = pool
+        self._outstanding = pool._outstanding  # not the pool: a feeder must not keep it alive
+        self._outstanding.add(self)
 
     def _add(self, futures: list[cf.Future]) -> None:
         with self._cond:
@@ -150,7 +158,7 @@ class IMapIterator:
                 self._added += 1
             self._length = self._added
             self._cond.notify_all()
-        self._pool._outstanding.discard(self)
+        self._outstanding.discard(self)
 
     def _ready(self) -> bool:
         if self._taken == self._length:
@@ -214,10 +222,14 @@ class Pool:
         self._state = _RUN
         self._outstanding: set = set()  # AsyncResults and IMapIterators not finished
         self._feeders: list[threading.Thread] = []
-        self._callbacks: queue.SimpleQueue | None = None
+        self._stopped = threading.Event()  # set by terminate(): the imap feeders and readers stop
+        self._callbacks: queue.SimpleQueue = queue.SimpleQueue()  # AsyncResults, then None
         self._callback_thread: threading.Thread | None = None
         self._callbacks_stopped = False
         self._lock = threading.Lock()
+        # A pool dropped without close()/terminate() is terminated when it is collected (the standard Pool
+        # does it in __del__): no thread of it refers to the pool, so it can be collected.
+        self._finalizer = weakref.finalize(self, _stop_pool, self._runner, self._stopped, self._callbacks)
 
     def _check_running(self) -> None:
         if self._state != _RUN:
@@ -227,14 +239,7 @@ class Pool:
         """Calls of ``func`` over ``items`` (single arguments, or with ``star`` tuples of arguments);
         ``chunksize`` > 1 (or None: sized like the standard Pool's) sends that many items per call.
         Returns the futures and whether they are of chunks."""
-        if chunksize is None:
-            chunksize, extra = divmod(len(items), self._runner.workers * 4)
-            chunksize += bool(extra)
-        if chunksize <= 1:
-            calls = [tuple(args) for args in items] if star else [(x,) for x in items]
-            return self._runner.submit(self._runner.task(func), calls), False
-        task = self._runner.task(func, chunked=True, star=star)
-        return self._runner.submit(task, _chunks(items, chunksize)), True
+        return _submit(self._runner, func, items, star, chunksize)
 
     def _run_callbacks(self, result: AsyncResult) -> None:
         with self._lock:
@@ -242,16 +247,11 @@ class Pool:
                 result._finish()
                 return
             if self._callback_thread is None:
-                self._callbacks = queue.SimpleQueue()
                 self._callback_thread = threading.Thread(
-                    target=self._callback_loop, name="cloudbutton-pool-callbacks", daemon=True
+                    target=_callback_loop, args=(self._callbacks,), name="cloudbutton-pool-callbacks", daemon=True
                 )
                 self._callback_thread.start()
         self._callbacks.put(result)
-
-    def _callback_loop(self) -> None:
-        while (result := self._callbacks.get()) is not None:
-            result._finish()
 
     # --- one task ---------------------------------------------------------------------------
 
@@ -305,45 +305,14 @@ class Pool:
             result._add(self._submit(func, list(iterable), False, chunksize)[0])
             result._end()
         else:
+            self._feeders = [feeder for feeder in self._feeders if feeder.is_alive()]
             feeder = threading.Thread(
-                target=self._feed, args=(func, iterable, chunksize, result), name="cloudbutton-pool-feeder", daemon=True
+                target=_feed, args=(self._runner, self._stopped, func, iterable, chunksize, result),
+                name="cloudbutton-pool-feeder", daemon=True,
             )
             self._feeders.append(feeder)
             feeder.start()
         return result
-
-    def _feed(self, func, iterable: Iterable, chunksize: int, result: IMapIterator) -> None:
-        """Send the items of a lazy iterable as it produces them: a thread reads them, and each job
-        takes all that were read meanwhile (one item from a slow generator, many from a quick one).
-        The iterable's exception comes after the results."""
-        produced: queue.SimpleQueue = queue.SimpleQueue()  # (True, item), then (False, None or its exception)
-
-        def read() -> None:
-            try:
-                for item in iterable:
-                    produced.put((True, item))
-                produced.put((False, None))
-            except Exception as e:  # noqa: BLE001 - it goes to the one iterating
-                produced.put((False, e))
-
-        threading.Thread(target=read, name="cloudbutton-pool-reader", daemon=True).start()
-        more, error = True, None
-        while more and self._state != _TERMINATE:
-            items, (more, item) = [], produced.get()
-            while more:
-                items.append(item)
-                try:
-                    more, item = produced.get_nowait()
-                except queue.Empty:
-                    break
-            if not more:
-                error = item
-            try:
-                if items:
-                    result._add(self._submit(func, items, False, chunksize)[0])
-            except Exception as e:  # noqa: BLE001 - e.g. an unpicklable item, or the pool was terminated
-                more, error = False, e
-        result._end(error)
 
     # --- lifetime ---------------------------------------------------------------------------
 
@@ -355,6 +324,7 @@ class Pool:
     def terminate(self) -> None:
         """Stop now: tasks not finished are cancelled (their results raise ``CancelledError``)."""
         self._state = _TERMINATE
+        self._stopped.set()
         self._runner.shutdown(wait=False, cancel_futures=True)
         for item in list(self._outstanding):
             if isinstance(item, IMapIterator):
@@ -365,7 +335,7 @@ class Pool:
         """Wait for every task and callback; only after ``close()`` or ``terminate()``."""
         if self._state == _RUN:
             raise ValueError("Pool is still running")
-        for feeder in self._feeders:
+        for feeder in list(self._feeders):
             feeder.join()
         for item in list(self._outstanding):
             if isinstance(item, AsyncResult):
@@ -390,3 +360,86 @@ class Pool:
 
     def __repr__(self) -> str:
         return f"<cloudbutton.multiprocessing.Pool state={self._state} processes={self._runner.workers}>"
+
+
+def _submit(runner: _Runner, func: Callable, items: list, star: bool, chunksize: int | None
+            ) -> tuple[list[cf.Future], bool]:
+    """Calls of ``func`` over ``items`` (single arguments, or with ``star`` tuples of arguments);
+    ``chunksize`` > 1 (or None: sized like the standard Pool's) sends that many items per call.
+    Returns the futures and whether they are of chunks."""
+    if chunksize is None:
+        chunksize, extra = divmod(len(items), runner.workers * 4)
+        chunksize += bool(extra)
+    if chunksize <= 1:
+        calls = [tuple(args) for args in items] if star else [(x,) for x in items]
+        return runner.submit(runner.task(func), calls), False
+    task = runner.task(func, chunked=True, star=star)
+    return runner.submit(task, _chunks(items, chunksize)), True
+
+
+def _callback_loop(callbacks: queue.SimpleQueue) -> None:
+    """The pool's callback thread: runs the callbacks of finished AsyncResults until it gets None. It
+    holds only the queue, and no result once its callback ran, so a dropped pool can be collected."""
+    while True:
+        result = callbacks.get()
+        if result is None:
+            return
+        result._finish()
+        del result
+
+
+def _stop_pool(runner: _Runner, stopped: threading.Event, callbacks: queue.SimpleQueue) -> None:
+    """Terminate a pool that was collected (or still running at exit) without close() or terminate()."""
+    stopped.set()
+    callbacks.put(None)
+    runner.shutdown(wait=False, cancel_futures=True)
+
+
+def _feed(runner: _Runner, stopped: threading.Event, func, iterable: Iterable, chunksize: int,
+          result: IMapIterator) -> None:
+    """Send the items of a lazy iterable as it produces them: a thread reads them, and each job takes all
+    that were read meanwhile (one item from a slow generator, many from a quick one). The iterable's
+    exception comes after the results. Both threads end soon after the pool is terminated (the reader
+    once the item it is waiting for comes), and the reader reads at most ``_READ_AHEAD`` items ahead."""
+    produced: queue.Queue = queue.Queue(_READ_AHEAD)  # (True, item), then (False, None or its exception)
+
+    def put(entry: tuple) -> bool:
+        while not stopped.is_set():
+            try:
+                produced.put(entry, timeout=_POLL)
+                return True
+            except queue.Full:
+                pass
+        return False
+
+    def read() -> None:
+        try:
+            for item in iterable:
+                if not put((True, item)):
+                    return
+            put((False, None))
+        except BaseException as e:  # noqa: BLE001 - it goes to the one iterating (SystemExit too)
+            put((False, e))
+
+    threading.Thread(target=read, name="cloudbutton-pool-reader", daemon=True).start()
+    more, error = True, None
+    while more and not stopped.is_set():
+        try:
+            more, item = produced.get(timeout=_POLL)
+        except queue.Empty:
+            continue
+        items = []
+        while more:
+            items.append(item)
+            try:
+                more, item = produced.get_nowait()
+            except queue.Empty:
+                break
+        if not more:
+            error = item
+        try:
+            if items:
+                result._add(_submit(runner, func, items, False, chunksize)[0])
+        except Exception as e:  # noqa: BLE001 - e.g. an unpicklable item, or the pool was terminated
+            more, error = False, e
+    result._end(error)

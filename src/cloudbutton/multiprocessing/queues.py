@@ -10,7 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from .. import state
-from .synchronize import Condition, Lock, _name, _Shared
+from ..state.objects import _state_op, run_script
+from ..state.sync import _Deadline, _SyncObject, _wait_broadcast
+from .synchronize import _name, _Shared
 
 __all__ = ["JoinableQueue", "Queue", "SimpleQueue"]
 
@@ -71,36 +73,75 @@ class Queue(_Shared):
         return f"<{type(self).__name__}({self._queue.name!r}, maxsize={self._maxsize})>"
 
 
+_UNFINISHED_ADD = """
+redis.call('INCR', KEYS[1])
+redis.call('DEL', KEYS[2])
+return 1
+"""
+
+_UNFINISHED_DONE = """
+local count = tonumber(redis.call('GET', KEYS[1]) or '0')
+if count <= 0 then return -1 end
+count = redis.call('DECR', KEYS[1])
+if count == 0 and redis.call('EXISTS', KEYS[2]) == 0 then redis.call('RPUSH', KEYS[2], '1') end
+return count
+"""
+
+
+class _Unfinished(_SyncObject):
+    """A JoinableQueue's count of items not yet marked done, and a list that holds one element while the
+    count is 0: ``join`` blocks on it as :class:`cloudbutton.state.CountDownLatch` does, so the last
+    ``task_done`` wakes every joiner. Each operation is one round trip."""
+
+    _type_name = "JoinableQueueUnfinished"
+    _aux_kinds = ("done",)
+
+    def __init__(self, name: str, url: str | None = None):
+        super().__init__(name, url)
+        self._open()
+
+    @_state_op
+    def _open(self) -> None:
+        self._r.rpush(self._aux("done"), b"1")  # nothing unfinished yet
+
+    @_state_op
+    def add(self) -> None:
+        run_script(self._r, _UNFINISHED_ADD, [self._key, self._aux("done")], [])
+
+    @_state_op
+    def done(self) -> bool:
+        """Count one item done; False if none was unfinished."""
+        return run_script(self._r, _UNFINISHED_DONE, [self._key, self._aux("done")], []) >= 0
+
+    @_state_op
+    def wait(self, timeout: float | None = None) -> bool:
+        return _wait_broadcast(self._waiter, self._aux("done"), _Deadline(timeout)) is not None
+
+
 class JoinableQueue(Queue):
     """``multiprocessing.JoinableQueue``: ``join()`` blocks until every item put has been marked done
     with ``task_done()``; one ``task_done()`` too many raises ``ValueError``."""
 
     def __init__(self, maxsize: int = 0):
         super().__init__(maxsize)
-        self._unfinished = state.Semaphore(_name("JoinableQueueUnfinished"), 0)
-        self._cond = Condition(Lock())
+        self._unfinished = _Unfinished(_name("JoinableQueueUnfinished"))
         self._own(self._unfinished)
 
     def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
         self._check_closed()
-        self._unfinished.release()  # counted before the item is visible, so its task_done always finds it
+        self._unfinished.add()  # counted before the item is visible, so its task_done always finds it
         try:
             super().put(obj, block, timeout)
         except BaseException:
-            self._unfinished.acquire()
+            self._unfinished.done()
             raise
 
     def task_done(self) -> None:
-        with self._cond:
-            if not self._unfinished.acquire(blocking=False):
-                raise ValueError("task_done() called too many times")
-            if self._unfinished.get_value() == 0:
-                self._cond.notify_all()
+        if not self._unfinished.done():
+            raise ValueError("task_done() called too many times")
 
     def join(self) -> None:
-        with self._cond:
-            while self._unfinished.get_value() != 0:
-                self._cond.wait()
+        self._unfinished.wait()
 
 
 class SimpleQueue(_Shared):

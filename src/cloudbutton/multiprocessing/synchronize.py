@@ -24,6 +24,8 @@ from typing import Any
 
 from .. import state
 from ..errors import LockNotHeldError, StateError
+from ..state.objects import _state_op, run_script
+from ..state.sync import _Deadline, _SyncObject, _wait_broadcast
 
 __all__ = ["Barrier", "BoundedSemaphore", "Condition", "Event", "Lock", "RLock", "Semaphore"]
 
@@ -393,30 +395,63 @@ class Condition(_Shared):
         return f"<{type(self).__name__}({self._lock!r}, waiters={len(self._waiters)})>"
 
 
+_EVENT_SET = """
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('RPUSH', KEYS[1], '1') end
+return 1
+"""
+
+
+class _Flag(_SyncObject):
+    """An Event's store data: one list, holding one element while the event is set. ``wait`` blocks on it
+    as :class:`cloudbutton.state.CountDownLatch` does (``BLMOVE`` of the list onto itself), so ``set`` wakes
+    every waiter and each operation is one round trip."""
+
+    _type_name = "Event"
+
+    def __init__(self, name: str, url: str | None = None):
+        super().__init__(name, url)
+        self._open()
+
+    @_state_op
+    def _open(self) -> None:
+        self._r  # noqa: B018  (connect and claim the name now)
+
+    @_state_op
+    def set(self) -> None:
+        run_script(self._r, _EVENT_SET, [self._key], [])
+
+    @_state_op
+    def clear(self) -> None:
+        self._r.delete(self._key)
+
+    @_state_op
+    def is_set(self) -> bool:
+        return bool(self._r.exists(self._key))
+
+    @_state_op
+    def wait(self, timeout: float | None) -> bool:
+        return _wait_broadcast(self._waiter, self._key, _Deadline(timeout)) is not None
+
+
 class Event(_Shared):
-    """``multiprocessing.Event``: a flag that processes set, clear and wait for (a Condition over a Lock)."""
+    """``multiprocessing.Event``: a flag that processes set, clear and wait for. ``wait(timeout)`` blocks on
+    the server for at most ``timeout`` seconds; ``set`` wakes every waiter."""
 
     def __init__(self):
-        self._cond = Condition(Lock())
-        self._flag = state.AtomicInt(_name(type(self).__name__), 0)
+        self._flag = _Flag(_name(type(self).__name__))
         self._own(self._flag)
 
     def is_set(self) -> bool:
-        return self._flag.get() == 1
+        return self._flag.is_set()
 
     def set(self) -> None:
-        with self._cond:
-            self._flag.set(1)
-            self._cond.notify_all()
+        self._flag.set()
 
     def clear(self) -> None:
-        self._flag.set(0)
+        self._flag.clear()
 
     def wait(self, timeout: float | None = None) -> bool:
-        with self._cond:
-            if not self.is_set():
-                self._cond.wait(timeout)
-            return self.is_set()
+        return self._flag.wait(None if timeout is None else max(timeout, 0.0))
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__}({'set' if self.is_set() else 'unset'})>"
