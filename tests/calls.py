@@ -43,3 +43,24 @@ def wait_for(path, value=None):
 def unique(prefix: str) -> str:
     """A name no other test uses (shared state outlives a test)."""
     return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def until(condition, what: str = "a condition", timeout: float = 30.0):
+    """Poll ``condition()`` until it is truthy and return it; fail the test naming ``what`` after ``timeout``
+    seconds (a bound against hanging, not a timing check)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.01)
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that was free a moment ago."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -9,11 +9,12 @@ import cloudpickle
 import numpy as np
 import pytest
 import redis
-from calls import unique
+from calls import unique, until
 
 from cloudbutton import FunctionExecutor
 from cloudbutton.errors import StateError
 from cloudbutton.state import AtomicInt, SharedClassObject, shared
+from cloudbutton.state.server import StateServer
 
 pytestmark = pytest.mark.usefixtures("embedded_server")  # one server for the module
 
@@ -271,3 +272,89 @@ def test_numpy_accumulator_from_workers_by_name(fexec):
     np.testing.assert_array_equal(local.sums, np.full((2, 3), 10.0 * sum(range(8))))
     assert local.counts.tolist() == [80, 160]
     acc.delete()
+
+
+# --- review fixes ----------------------------------------------------------------------------------------
+
+@shared
+class Tally:
+    def __init__(self):
+        self.n = 0
+        self.words = ("".join(["ab", "cd"]), "".join(["abc", "d"]))  # equal strings, pickled twice
+
+    def bump(self):
+        self.n += 1
+
+    def bump_after_two_ticks(self, ticks):
+        """Add 1, but only after another writer bumped since the state was read (so the swap always fails)."""
+        target = ticks.get() + 2
+        until(lambda: ticks.get() >= target, "the other writer")
+        self.n += 1
+
+    def same_words(self):
+        self.words = (self.words[0], self.words[0])  # equal, but pickled with a memo reference
+
+    @property
+    def count(self):
+        return self.n
+
+    @count.deleter
+    def count(self):
+        self.n = 0
+
+    @staticmethod
+    def describe(x):
+        return f"tally {x}"
+
+
+def test_a_call_that_leaves_an_equal_state_writes_nothing():
+    tally = Tally(unique("tally"))
+    r = redis.Redis.from_url(tally.url)
+    version = r.hget(tally._key, "v")
+    tally.same_words()
+    assert r.hget(tally._key, "v") == version
+    r.close()
+    tally.delete()
+
+
+def test_property_deleters_and_static_methods_are_kept():
+    tally = Tally(unique("tally"))
+    tally.bump()
+    assert tally.count == 1
+    del tally.count
+    assert tally.count == 0
+    assert tally.describe(3) == "tally 3"
+    tally.delete()
+
+
+def test_a_classmethod_is_a_type_error_at_decoration():
+    with pytest.raises(TypeError, match="Made.make is a classmethod"):
+        shared(type("Made", (), {"make": classmethod(lambda cls: cls())}))
+
+
+def test_a_call_that_keeps_losing_gives_up_after_state_timeout(monkeypatch):
+    monkeypatch.setenv("CLOUDBUTTON_STATE_TIMEOUT", "0.5")  # the client made for this new URL gets it
+    server = StateServer()
+    stop = threading.Event()
+    try:
+        tally, ticks = Tally("tally", url=server.url), AtomicInt("ticks", url=server.url)
+
+        def keep_writing():
+            other = Tally("tally", url=server.url)
+            while not stop.is_set():
+                other.bump()
+                ticks.increment()
+
+        writer = threading.Thread(target=keep_writing)
+        writer.start()
+        try:
+            with pytest.raises(StateError, match=r"Tally\('tally'\) lost to other writers"):
+                tally.bump_after_two_ticks(ticks)
+        finally:
+            stop.set()
+            writer.join(60)
+        assert not writer.is_alive()
+        n = tally.count
+        assert n == ticks.get()  # every bump of the writer, none of the call that gave up
+    finally:
+        server.stop()

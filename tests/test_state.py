@@ -1,5 +1,6 @@
 """Shared state objects on a real (embedded Valkey) server, used from the client and from workers."""
 
+import contextlib
 import os
 import pickle
 import socket
@@ -11,11 +12,12 @@ from collections.abc import MutableSequence
 
 import pytest
 import redis
-from calls import unique
+from calls import unique, until
 
 from cloudbutton import FunctionExecutor
 from cloudbutton.errors import StateError
 from cloudbutton.state import AtomicFloat, AtomicInt, AtomicReference, SharedDict, SharedList, state_url
+from cloudbutton.state import objects as state_objects
 from cloudbutton.state import server as state_server
 
 pytestmark = pytest.mark.usefixtures("embedded_server")  # one server for the module
@@ -65,9 +67,9 @@ def test_configured_state_url_is_used_instead(embedded_server, monkeypatch):
     assert state_url() == "redis://127.0.0.1:1/0"
 
 
-def test_stop_server_leaves_nothing_and_restarts_on_demand():
+def test_a_stopped_state_server_leaves_no_process_or_directory():
     # A separate server instance: start, stop, check the process and its directory are gone.
-    server = state_server._EmbeddedServer()
+    server = state_server.StateServer()
     pid, directory = server.proc.pid, server.dir
     server.stop()
     assert server.proc.poll() is not None
@@ -303,12 +305,10 @@ def test_a_worker_creating_an_object_by_name_uses_the_callers_server():
     with FunctionExecutor(max_workers=2) as fexec:
         fexec.get_result(fexec.map(_increment_by_name, [name] * 20))
     assert counter.get() == 20
+    counter.delete()
 
 
 # --- helpers for the objects below ----------------------------------------------------------------
-
-DEADLINE = 10.0  # seconds an expiry may take to show before a test fails (never a timing assertion)
-
 
 @pytest.fixture
 def raw(embedded_server):
@@ -316,13 +316,6 @@ def raw(embedded_server):
     client = redis.Redis.from_url(embedded_server)
     yield client
     client.close()
-
-
-def until(condition, what: str):
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.01)
 
 
 def calls(raw_client, command: str) -> int:
@@ -627,3 +620,179 @@ def test_other_handles_see_a_deleted_object_as_new(raw):
     second.delete()
     SharedList(name).append(1)  # a new handle reuses the name
     SharedList(name).delete()
+
+
+# --- review fixes: no resent writes, canonical dict keys, 64-bit ints, bounded caches, scripts -----
+
+class DelayingProxy:
+    """A TCP proxy on 127.0.0.1 in front of a unix-socket server; after ``delay_next_reply(s)`` the next
+    reply is held ``s`` seconds before it is passed on (a slow network or a busy server)."""
+
+    def __init__(self, socket_path: str):
+        self.socket_path = socket_path
+        self.delay = 0.0
+        self.lock = threading.Lock()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = []
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.socket(socket.AF_UNIX)
+            server.connect(self.socket_path)
+            self.sockets += [client, server]
+            for args in ((client, server, False), (server, client, True)):
+                thread = threading.Thread(target=self._pump, args=args, daemon=True)
+                thread.start()
+                self.threads.append(thread)
+
+    def _pump(self, source: socket.socket, target: socket.socket, delayed: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if delayed:
+                    with self.lock:
+                        delay, self.delay = self.delay, 0.0
+                    time.sleep(delay)
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, target):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+
+    def delay_next_reply(self, seconds: float) -> None:
+        with self.lock:
+            self.delay = seconds
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept()
+        self.listener.close()
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        for thread in self.threads:
+            thread.join(10)
+
+
+@pytest.fixture
+def private_server():
+    server = state_server.StateServer()
+    yield server
+    server.stop()
+
+
+def test_a_write_whose_reply_is_late_is_never_sent_twice(private_server, monkeypatch):
+    monkeypatch.setenv("CLOUDBUTTON_STATE_TIMEOUT", "0.3")  # the client made for the proxy's URL gets it
+    proxy = DelayingProxy(private_server.socket_path)
+    try:
+        url = f"redis://127.0.0.1:{proxy.port}"
+        counter, items = AtomicInt("counter", url=url), SharedList("items", url=url)
+        raw = redis.Redis(unix_socket_path=private_server.socket_path)
+        proxy.delay_next_reply(1.0)
+        with pytest.raises(StateError, match="unreachable"):
+            counter.increment()
+        assert len(items) == 0  # a new pooled connection, so the delayed reply is the RPUSH's
+        proxy.delay_next_reply(1.0)
+        with pytest.raises(StateError, match="unreachable"):
+            items.append("x")
+        until(lambda: raw.get(counter._key) is not None and raw.llen(items._key) > 0, "the writes to arrive")
+        assert raw.get(counter._key) == b"1"  # applied once: the command was not sent again
+        assert raw.llen(items._key) == 1
+        assert counter.increment() == 2  # the handle goes on with a new connection
+        assert raw.client_kill_filter(skipme=True) >= 1  # the server drops the handle's pooled connection
+        assert counter.increment() == 3  # replaced on its next use
+        raw.close()
+    finally:
+        proxy.close()
+
+
+def test_equal_dict_keys_are_one_entry():
+    d = SharedDict(unique("keys"))
+    word = "".join(["ab", "cd"])
+    other = "".join(["abc", "d"])
+    assert word == other and word is not other
+    d[(word, word)] = 1
+    d[(word, other)] = 2  # pickled differently (memo), equal as a key
+    d[1] = "int"
+    d[1.0] = "float"
+    d[True] = "bool"
+    d[2.5] = "x"
+    d[None] = "none"
+    d[b"raw"] = "bytes"
+    d[("t", (1, None), b"b")] = "nested"
+    assert len(d) == 6
+    assert d[("abcd", "abcd")] == 2 and d[1] == d[1.0] == d[True] == "bool"
+    assert d.to_dict() == {("abcd", "abcd"): 2, 1: "bool", 2.5: "x", None: "none", b"raw": "bytes",
+                           ("t", (1, None), b"b"): "nested"}
+    assert type(next(k for k in d if k == 1)) is int
+    for bad in (frozenset({"a"}), 1j, ("ok", frozenset())):
+        with pytest.raises(TypeError, match=type(bad).__name__ if not isinstance(bad, tuple) else "frozenset"):
+            d[bad] = 1
+        assert bad not in d
+    d.delete()
+
+
+def test_atomic_int_is_64_bit_and_overflow_is_an_overflow_error():
+    a = AtomicInt(unique("big"))
+    for bad in (2**63, -(2**63) - 1, 2**70):
+        with pytest.raises(OverflowError):
+            a.set(bad)
+        with pytest.raises(OverflowError):
+            a.increment(bad)
+    a.set(2**63 - 1)
+    with pytest.raises(OverflowError, match="overflow"):
+        a.increment()
+    assert a.get() == 2**63 - 1
+    a.set(-(2**63))
+    with pytest.raises(OverflowError):
+        a.decrement()
+    assert a.get() == -(2**63)
+    a.delete()
+
+
+def test_the_names_a_process_remembers_are_bounded(monkeypatch):
+    monkeypatch.setattr(state_objects._checked, "MAX", 5)
+    handles = [AtomicInt(unique("many")) for _ in range(12)]
+    assert len(state_objects._checked) <= 5
+    assert handles[0].increment() == 1  # forgotten names are claimed again
+    with pytest.raises(StateError, match="already used"):
+        SharedDict(handles[1].name)
+    for h in handles:
+        h.delete()
+
+
+def test_stopping_a_server_drops_this_processs_clients_for_it():
+    server = state_server.StateServer()
+    counter = AtomicInt("c", url=server.url, consistency="eventual")
+    counter.increment()
+    assert counter.get() == 1
+    assert (server.url, False) in state_objects._clients and server.url in state_objects._trackers
+    server.stop()
+    assert (server.url, False) not in state_objects._clients and server.url not in state_objects._trackers
+    assert not any(token[0] == server.url for token in state_objects._checked._items)
+
+
+def test_scripts_in_pipelines_are_not_checked_before_every_call(private_server):
+    stats = redis.Redis(unix_socket_path=private_server.socket_path)
+    f = AtomicFloat("f", url=private_server.url, ttl=60)
+    ref = AtomicReference("r", url=private_server.url, ttl=60)
+    stats.config_resetstat()
+    for _ in range(5):
+        f.add(1.0)
+        ref.compare_and_set(ref.get(), 1)
+    commands = stats.info("commandstats")
+    assert "cmdstat_script|exists" not in commands
+    assert commands["cmdstat_evalsha"]["calls"] == 10
+    stats.script_flush()  # a server that lost its scripts: loaded again, the write applied once
+    assert f.add(1.0) == 6.0
+    assert stats.pttl(f._key) > 0
+    stats.close()

@@ -8,20 +8,16 @@ import os
 import pickle
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
-import time
 
 import pytest
 import redis
-from calls import unique
+from calls import free_port, unique, until
 
 from cloudbutton.errors import StateError
 from cloudbutton.state import AtomicInt, AtomicReference, SharedDict, SharedList
-from cloudbutton.state.server import find_server_binary
-
-DEADLINE = 10.0  # seconds a convergence may take before a test fails (generous: never a timing assertion)
+from cloudbutton.state.server import _set_pdeathsig, find_server_binary
 
 
 class Valkey:
@@ -36,9 +32,15 @@ class Valkey:
                 "--logfile", os.path.join(self.dir, "server.log"), "--repl-diskless-sync-delay", "0"]
         if replicaof:
             args += ["--replicaof", "127.0.0.1", str(replicaof)]
-        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        # its own session (a Ctrl-C reaches only the tests) and SIGTERM if the test process dies
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     start_new_session=True, preexec_fn=_set_pdeathsig)
         self.raw = redis.Redis(unix_socket_path=self.socket)
-        until(self._ready, f"valkey on {self.socket} to answer")
+        try:
+            until(self._ready, f"valkey on {self.socket} to answer")
+        except BaseException:
+            self.stop()
+            raise
 
     def _ready(self) -> bool:
         assert self.proc.poll() is None, f"valkey exited: {open(os.path.join(self.dir, 'server.log')).read()}"
@@ -59,32 +61,26 @@ class Valkey:
         self.raw.close()
         if self.proc.poll() is None:
             self.proc.terminate()
-            self.proc.wait(10)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def until(condition, what: str):
-    """Poll ``condition`` until it is truthy (and return it); fail after DEADLINE seconds."""
-    deadline = time.monotonic() + DEADLINE
-    while True:
-        result = condition()
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.01)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_pair() -> tuple[Valkey, Valkey]:
     primary = Valkey(port=free_port())
-    replica = Valkey(replicaof=primary.port)
-    until(lambda: replica.raw.info("replication")["master_link_status"] == "up", "the replica to sync")
-    until(lambda: primary.raw.info("replication")["connected_slaves"] == 1, "the primary to see its replica")
+    replica = None
+    try:
+        replica = Valkey(replicaof=primary.port)
+        until(lambda: replica.raw.info("replication")["master_link_status"] == "up", "the replica to sync")
+        until(lambda: primary.raw.info("replication")["connected_slaves"] == 1, "the primary to see its replica")
+    except BaseException:
+        if replica is not None:
+            replica.stop()
+        primary.stop()
+        raise
     return primary, replica
 
 

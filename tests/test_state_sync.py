@@ -4,12 +4,14 @@ threads of the client and from real worker processes."""
 import os
 import pickle
 import queue
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 import redis
-from calls import unique
+from calls import unique, until
 
 from cloudbutton import FunctionExecutor
 from cloudbutton.errors import (
@@ -61,13 +63,6 @@ def joined(thread, box):
     thread.join(60)
     assert not thread.is_alive(), "a waiter is still blocked"
     return box
-
-
-def wait_until(predicate, timeout=30.0):
-    end = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < end, "condition not reached"
-        time.sleep(0.01)
 
 
 # --- functions run in workers ----------------------------------------------------------------------
@@ -160,7 +155,10 @@ def test_lock_acquire_release_and_context_manager():
     with pytest.raises(ValueError):
         lock.acquire(blocking=False, timeout=1)
     with pytest.raises(ValueError):
-        lock.acquire(timeout=-1)
+        lock.acquire(timeout=-2)
+    assert lock.acquire(timeout=-1) is True  # -1 waits forever, as with threading.Lock
+    assert lock.acquire(blocking=False, timeout=-1) is False  # -1 is also "no timeout given"
+    lock.release()
     with pytest.raises(ValueError):
         Lock(unique("lock"), lease=0)
     lock.delete()
@@ -193,7 +191,7 @@ def test_expired_lease_taken_by_another_makes_release_fail():
     second.renew()
     second.release()
     first.acquire()
-    wait_until(lambda: not first.locked())  # lease of 0.3 s ends with nobody taking it
+    until(lambda: not first.locked())  # lease of 0.3 s ends with nobody taking it
     with pytest.raises(LockNotHeldError, match="expired$"):
         first.release()
     first.delete()
@@ -285,7 +283,7 @@ def test_barrier_releases_each_round_together_with_distinct_indices(fexec):
 def test_barrier_timeout_breaks_the_round_for_every_waiter():
     barrier = Barrier(unique("barrier"), 3)
     patient = in_thread(barrier.wait, None)
-    wait_until(lambda: barrier.n_waiting == 1)
+    until(lambda: barrier.n_waiting == 1)
     with pytest.raises(BrokenBarrierError):
         barrier.wait(timeout=0.1)
     assert isinstance(joined(*patient)["error"], BrokenBarrierError)
@@ -310,7 +308,7 @@ def test_barrier_default_timeout_applies():
 def test_barrier_abort_wakes_a_waiting_worker(fexec):
     barrier = Barrier(unique("barrier"), 2)
     future = fexec.call_async(barrier_wait, (barrier, None))
-    wait_until(lambda: barrier.n_waiting == 1)
+    until(lambda: barrier.n_waiting == 1)
     barrier.abort()
     with pytest.raises(BrokenBarrierError) as info:
         fexec.get_result(future, timeout=60)
@@ -322,7 +320,7 @@ def test_barrier_abort_wakes_a_waiting_worker(fexec):
 def test_barrier_reset_wakes_waiters_and_starts_a_new_round():
     barrier = Barrier(unique("barrier"), 3)
     waiters = [in_thread(barrier.wait, 60) for _ in range(2)]
-    wait_until(lambda: barrier.n_waiting == 2)
+    until(lambda: barrier.n_waiting == 2)
     barrier.reset()
     for w in waiters:
         assert isinstance(joined(*w)["error"], BrokenBarrierError)
@@ -491,7 +489,7 @@ def test_delete_removes_every_key():
 
 @pytest.fixture
 def private_server():
-    server = state_server._EmbeddedServer()
+    server = state_server.StateServer()
     yield server
     server.stop()
 
@@ -538,7 +536,7 @@ def test_a_stopped_server_is_a_state_error_for_waiters_and_callers(private_serve
     q, barrier = Queue("q", url=url), Barrier("b", 2, url=url)
     lock, latch = Lock("lock", url=url), CountDownLatch("latch", 1, url=url)
     blocked = [in_thread(q.get, True, None), in_thread(barrier.wait, None), in_thread(latch.wait, None)]
-    wait_until(lambda: barrier.n_waiting == 1)
+    until(lambda: barrier.n_waiting == 1)
     private_server.stop()
     for w in blocked:
         error = joined(*w)["error"]
@@ -547,3 +545,60 @@ def test_a_stopped_server_is_a_state_error_for_waiters_and_callers(private_serve
         lock.acquire(timeout=None)
     with pytest.raises(StateError, match=url):
         q.put(1)
+
+
+# --- review fixes ---------------------------------------------------------------------------------
+
+def test_threads_sharing_one_lock_handle_keep_their_ownership():
+    lock, inside = Lock(unique("lock")), AtomicInt(unique("inside"))
+    errors = []
+
+    def hammer():
+        try:
+            for _ in range(200):
+                with lock:
+                    assert inside.increment() == 1
+                    inside.decrement()
+        except BaseException as e:  # noqa: BLE001  (reported by the test)
+            errors.append(e)
+
+    threads = [threading.Thread(target=hammer) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads)
+    assert errors == []
+    assert not lock.locked()
+    lock.delete()
+    inside.delete()
+
+
+WAIT_IN_A_PROCESS = """
+import sys
+from cloudbutton.state import Barrier
+print("waiting", flush=True)
+Barrier(sys.argv[1], 2, url=sys.argv[2]).wait()
+"""
+
+
+def test_deleting_a_barrier_removes_the_wake_up_lists_of_a_dead_waiter(embedded_server):
+    r = redis.Redis.from_url(embedded_server)
+    barrier = Barrier(unique("barrier"), 2)
+    waiter = subprocess.Popen([sys.executable, "-c", WAIT_IN_A_PROCESS, barrier.name, embedded_server],
+                              stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        assert waiter.stdout.readline() == b"waiting\n"
+        until(lambda: barrier.n_waiting == 1)
+        waiter.kill()
+        waiter.wait(30)
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+            waiter.wait(30)
+        waiter.stdout.close()
+    barrier.abort()  # pushes a token for the waiter, which nobody will pop
+    assert [k for k in r.keys("*") if barrier.name.encode() in k and b":round:" in k]
+    barrier.delete()
+    assert [k for k in r.keys("*") if barrier.name.encode() in k] == []
+    r.close()

@@ -26,8 +26,11 @@ the state and a random version tag are read in one round trip, the method runs l
 Lua script stores the new state only if the tag is still the same (compare-and-set); otherwise it hands
 back the current state and the method runs again on that. So no update is lost, a reader sees all of a
 call's changes or none, and a method that raises changes nothing. A method may run more than once per
-call: keep side effects other than on ``self`` out of it. A call that leaves the state unchanged writes
-nothing. Every call moves the whole state, so keep it small (centroids, counters, small tables).
+call: keep side effects other than on ``self`` out of it. A call that leaves the state unchanged (the
+same pickle, or a state ``==`` to the one read) writes nothing. A call that keeps losing to other writers
+for ``state_timeout`` seconds raises :class:`~cloudbutton.errors.StateError`. Every call moves the whole
+state, so keep it small (centroids, counters, small tables). Class methods are not supported (a
+TypeError at decoration); static methods are kept as they are.
 """
 
 from __future__ import annotations
@@ -87,6 +90,8 @@ class SharedClassObject(SharedObject):
     def _apply(self, func, args: tuple, kwargs: dict) -> Any:
         """Run ``func(state, *args, **kwargs)`` atomically (see the module docstring); return its result."""
         r = self._r
+        timeout = r.get_connection_kwargs().get("socket_timeout") or 5.0  # state_timeout
+        end = time.monotonic() + timeout
         tag, data = r.hmget(self._key, ["v", "s"])
         attempt = 0
         while True:
@@ -96,14 +101,26 @@ class SharedClassObject(SharedObject):
             obj = self._load(data)
             result = func(obj, *args, **kwargs)
             new = self._dump(obj)
-            if new == data:
+            if new == data or _same_state(obj, data):
                 return result
             answer = run_script(r, _CAS, [self._key], [tag, os.urandom(8).hex(), new])
             if answer == 1:
                 return result
             tag, data = answer  # another call got in first: run again on its state
             attempt += 1
+            if time.monotonic() >= end:
+                raise StateError(f"a call on {self!r} lost to other writers {attempt} times in {timeout} s "
+                                 "(state_timeout) and was not applied")
             time.sleep(random.random() * min(0.02, 0.0002 * 2**attempt))  # spread out colliding retries
+
+
+def _same_state(obj: Any, data: bytes) -> bool:
+    """Whether ``obj``'s state equals the state pickled in ``data`` (equal states may pickle differently,
+    e.g. sets of strings, whose order depends on the process); False when ``==`` cannot tell (arrays)."""
+    try:
+        return bool(pickle.loads(data) == obj.__dict__)
+    except Exception:
+        return False
 
 
 def _method(func):
@@ -117,7 +134,8 @@ def _method(func):
 def _property(prop: property) -> property:
     fget = _method(prop.fget) if prop.fget else None
     fset = _method(prop.fset) if prop.fset else None
-    return property(fget, fset, None, prop.__doc__)
+    fdel = _method(prop.fdel) if prop.fdel else None
+    return property(fget, fset, fdel, prop.__doc__)
 
 
 @functools.cache
@@ -149,6 +167,9 @@ def shared(cls: type) -> type[SharedClassObject]:
             raise TypeError(f"{cls.__qualname__}.{attr} clashes with the shared-object handle's own "
                             f"attribute {attr!r}; rename it")
         value = inspect.getattr_static(cls, attr)
+        if isinstance(value, classmethod):
+            raise TypeError(f"{cls.__qualname__}.{attr} is a classmethod, which @shared does not support (it "
+                            "would receive the handle class); make it a staticmethod or a module function")
         if inspect.isfunction(value):
             namespace[attr] = _method(value)
         elif isinstance(value, property):

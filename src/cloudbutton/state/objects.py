@@ -41,12 +41,14 @@ Set per handle with ``consistency=`` and ``replicas=``:
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import operator
 import os
 import pickle
 import sys
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Iterator, MutableMapping, MutableSequence
 from typing import Any
 
@@ -67,8 +69,51 @@ CONSISTENCY_LEVELS = ("strong", "eventual")
 _clients: dict[tuple[str, bool], redis.Redis] = {}
 _trackers: dict[str, _Tracker] = {}
 _clients_pid = os.getpid()
-_checked: set[tuple[str, str, str]] = set()
 _clients_lock = threading.Lock()
+
+
+class _Checked:
+    """The (url, name, type) of names this process claimed recently: a bounded LRU set (a name that fell
+    out is simply claimed again, one more round trip)."""
+
+    MAX = 4096
+
+    def __init__(self):
+        self._items: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __contains__(self, token) -> bool:
+        with self._lock:
+            if token not in self._items:
+                return False
+            self._items.move_to_end(token)
+            return True
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, token) -> None:
+        with self._lock:
+            self._items[token] = None
+            self._items.move_to_end(token)
+            while len(self._items) > self.MAX:
+                self._items.popitem(last=False)
+
+    def discard(self, token) -> None:
+        with self._lock:
+            self._items.pop(token, None)
+
+    def discard_url(self, url: str) -> None:
+        with self._lock:
+            for token in [t for t in self._items if t[0] == url]:
+                del self._items[token]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+_checked = _Checked()
 
 _CLAIM_TYPE = """
 local found = redis.call('GET', KEYS[1])
@@ -77,24 +122,22 @@ if ARGV[2] == '0' then redis.call('SET', KEYS[1], ARGV[1]) else redis.call('SET'
 return ARGV[1]
 """
 
-_INT_CAS = """
-local v = redis.call('GET', KEYS[1])
-if v == false then v = '0' end
-if v == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
-  return 1
-end
-return 0
+_CAS = """
+local v = redis.call('GET', KEYS[1]) or ARGV[3]
+if v ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+return 1
 """
+"""Set KEYS[1] to ARGV[2] if it holds ARGV[1] (a missing value counts as ARGV[3]); return whether it was set."""
 
 
 def _forked() -> None:
     """Forget the parent's connections and caches in a forked child (call with _clients_lock held)."""
-    global _clients_pid
+    global _clients_pid, _checked
     if _clients_pid != os.getpid():
         _clients.clear()
         _trackers.clear()
-        _checked.clear()
+        _checked = _Checked()  # a new lock: a parent's thread may have held the old one at the fork
         _clients_pid = os.getpid()
 
 
@@ -117,12 +160,37 @@ def _client_for(url: str, waiting: bool = False) -> redis.Redis:
                     url,
                     socket_connect_timeout=timeout,
                     socket_timeout=2 * timeout if waiting else timeout,
-                    retry=Retry(NoBackoff(), 1),  # bounded: at most two connection attempts
+                    # One retry, on a connection found closed only: redis-py sends the whole command
+                    # again, so after a timeout a write (INCRBY, RPUSH, a script) that had arrived would
+                    # be applied twice; a connection the server had closed (idle timeout, CLIENT KILL)
+                    # never delivered the command, so sending it again on a new one is safe.
+                    retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
                 )
             except ValueError as e:
                 raise StateError(f"invalid state_url {url!r}: {e}") from None
             _clients[(url, waiting)] = client
         return client
+
+
+def drop_clients(url: str) -> None:
+    """Close and forget this process's clients, cache and claimed names for ``url`` (its server stopped)."""
+    with _clients_lock:
+        _forked()
+        clients = [_clients.pop((url, waiting), None) for waiting in (False, True)]
+        tracker = _trackers.pop(url, None)
+        _checked.discard_url(url)
+    for client in clients:
+        if client is not None:  # connections in use by other threads fail on their own, with a StateError
+            client.connection_pool.disconnect(inuse_connections=False)
+    if tracker is not None:
+        tracker.invalidate(None)
+
+
+def _check_int(value: Any, what: str, minimum: int) -> int:
+    """``value`` if it is an int (not a bool) >= ``minimum``; ValueError naming ``what`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{what} must be an int >= {minimum}, not {value!r}")
+    return value
 
 
 def _redacted(url: str) -> str:
@@ -295,8 +363,7 @@ class SharedObject:
         if consistency not in CONSISTENCY_LEVELS:
             raise ValueError(f"consistency of {type(self).__name__}({name!r}) must be one of "
                              f"{', '.join(CONSISTENCY_LEVELS)}, not {consistency!r}")
-        if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
-            raise ValueError(f"replicas of {type(self).__name__}({name!r}) must be an int >= 0, not {replicas!r}")
+        _check_int(replicas, f"replicas of {type(self).__name__}({name!r})", 0)
         self.name = name
         self.url = url or state_url()
         self.ttl = ttl
@@ -347,6 +414,11 @@ class SharedObject:
             self._pid = os.getpid()
         return r
 
+    @_state_op
+    def _claim(self) -> None:
+        """Connect and claim the name now (at construction), so a clash with another type is raised here."""
+        self._r  # noqa: B018
+
     def _connect(self) -> redis.Redis:
         r = _client_for(self.url)
         token = self._token
@@ -382,15 +454,22 @@ class SharedObject:
             return reply
         client = _client_for(self.url, waiting=True) if self.replicas else r
         wait_s = client.get_connection_kwargs()["socket_timeout"] / 2 if self.replicas else 0.0  # state_timeout
-        with client.pipeline(transaction=False) as p:
-            command(p)
-            if ttl_ms:
-                p.set(self._type_key, self._type_name, nx=True, px=ttl_ms)  # recreated if it expired alone
-                for key in (*self._keys(), self._type_key):
-                    p.pexpire(key, ttl_ms)
-            if self.replicas:
-                p.execute_command("WAIT", self.replicas, max(1, round(wait_s * 1000)))
-            replies = p.execute()
+        for attempt in (1, 2):
+            with client.pipeline(transaction=False) as p:
+                command(p)
+                if ttl_ms:
+                    p.set(self._type_key, self._type_name, nx=True, px=ttl_ms)  # recreated if it expired alone
+                    for key in (*self._keys(), self._type_key):
+                        p.pexpire(key, ttl_ms)
+                if self.replicas:
+                    p.execute_command("WAIT", self.replicas, max(1, round(wait_s * 1000)))
+                try:
+                    replies = p.execute()
+                    break
+                except redis.exceptions.NoScriptError:  # the server lost its scripts: nothing was written
+                    client.connection_pool.__dict__.pop("_cloudbutton_scripts", None)
+                    if attempt == 2:
+                        raise
         _invalidate_local(self.url, self._keys())
         if self.replicas and replies[-1] < self.replicas:
             raise StateError(
@@ -436,7 +515,7 @@ class _AtomicNumber(SharedObject):
     @_state_op
     def _open(self, initial: str | None) -> None:
         if initial is None:
-            self._r  # noqa: B018  (connect and claim the name now, so a clash is raised here)
+            self._claim()
         else:
             self._write(lambda c: c.set(self._key, initial, nx=True))
 
@@ -452,7 +531,8 @@ class _AtomicNumber(SharedObject):
 
 
 class AtomicInt(_AtomicNumber):
-    """An integer shared by name; every operation is atomic on the server. A missing integer reads as 0."""
+    """A 64-bit signed integer shared by name; every operation is atomic on the server. A missing integer
+    reads as 0. Values outside -2**63 .. 2**63-1, given or reached by adding, raise OverflowError."""
 
     _type_name = "AtomicInt"
 
@@ -462,8 +542,16 @@ class AtomicInt(_AtomicNumber):
 
     @_state_op
     def add_and_get(self, delta: int) -> int:
+        """Add ``delta``; return the new value (OverflowError if it would leave the 64-bit range; nothing is
+        changed)."""
         delta = _int(delta)
-        return int(self._write(lambda c: c.incrby(self._key, delta)))
+        try:
+            return int(self._write(lambda c: c.incrby(self._key, delta)))
+        except redis.ResponseError as e:
+            if "overflow" not in str(e):
+                raise
+            raise OverflowError(f"adding {delta} to {self!r} would overflow a 64-bit integer; it was left "
+                                "unchanged") from None
 
     def increment(self, delta: int = 1) -> int:
         """Add ``delta`` (default 1); return the new value."""
@@ -476,13 +564,18 @@ class AtomicInt(_AtomicNumber):
     @_state_op
     def compare_and_set(self, expected: int, new: int) -> bool:
         """Set to ``new`` only if the value is ``expected``; return whether it was set."""
-        args = [str(_int(expected)), str(_int(new))]
-        return bool(self._write(lambda c: run_script(c, _INT_CAS, [self._key], args)))
+        args = [str(_int(expected)), str(_int(new)), "0"]
+        return bool(self._write(lambda c: run_script(c, _CAS, [self._key], args)))
+
+
+_INT_MIN, _INT_MAX = -(2**63), 2**63 - 1  # what the server's integers hold
 
 
 def _int(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"AtomicInt values must be int, not {type(value).__name__}")
+    if not _INT_MIN <= value <= _INT_MAX:
+        raise OverflowError(f"AtomicInt values must fit in 64 bits ({_INT_MIN} to {_INT_MAX}), not {value}")
     return value
 
 
@@ -544,16 +637,6 @@ class AtomicFloat(_AtomicNumber):
         return bool(self._write(lambda c: run_script(c, _FLOAT_CAS, [self._key], args)))
 
 
-_BYTES_CAS = """
-local v = redis.call('GET', KEYS[1])
-if (v == false and ARGV[1] == '') or v == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
-  return 1
-end
-return 0
-"""
-
-
 class AtomicReference(SharedObject):
     """Any picklable value shared by name; a missing value reads as None.
 
@@ -571,7 +654,7 @@ class AtomicReference(SharedObject):
     @_state_op
     def _open(self, data: bytes | None) -> None:
         if data is None:
-            self._r  # noqa: B018
+            self._claim()
         else:
             self._write(lambda c: c.set(self._key, data, nx=True))
 
@@ -600,13 +683,31 @@ class AtomicReference(SharedObject):
             current = self._r.get(self._key)
             if (None if current is None else pickle.loads(current)) != expected:
                 return False
-            args = [current or b"", data]
-            if self._write(lambda c, args=args: run_script(c, _BYTES_CAS, [self._key], args)):
+            args = [current or b"", data, b""]  # a stored pickle is never empty
+            if self._write(lambda c, args=args: run_script(c, _CAS, [self._key], args)):
                 return True
 
 
-def run_script(r: redis.Redis, source: str, keys: list, args: list) -> Any:
-    """Run the Lua ``source`` atomically on the server (sent once per client, then called by its SHA)."""
+@functools.cache
+def _sha(source: str) -> str:
+    return hashlib.sha1(source.encode()).hexdigest()
+
+
+def run_script(r: redis.Redis | redis.client.Pipeline, source: str, keys: list, args: list) -> Any:
+    """Run the Lua ``source`` atomically on the server (sent once per client, then called by its SHA).
+
+    On a pipeline (``r`` from :meth:`SharedObject._write`) the script is loaded once per connection pool
+    beforehand and only ``EVALSHA`` is queued (redis-py would queue a ``SCRIPT EXISTS`` for every script on
+    every execution); a server that lost its scripts makes the pipeline raise NoScriptError, which
+    ``_write`` answers by loading the script again.
+    """
+    if isinstance(r, redis.client.Pipeline):
+        loaded = r.connection_pool.__dict__.setdefault("_cloudbutton_scripts", set())
+        sha = _sha(source)
+        if sha not in loaded:
+            redis.Redis(connection_pool=r.connection_pool).script_load(source)
+            loaded.add(sha)
+        return r.evalsha(sha, len(keys), *keys, *args)
     scripts = r.__dict__.setdefault("_cloudbutton_scripts", {})
     script = scripts.get(source)
     if script is None:
@@ -614,20 +715,49 @@ def run_script(r: redis.Redis, source: str, keys: list, args: list) -> Any:
     return script(keys=keys, args=args, client=r)
 
 
+_KEY_TYPES = "str, bytes, int, float, bool, None or a tuple of these"
+
+
 def _encode_key(key: Any) -> bytes:
+    """The hash field of a SharedDict key: one canonical encoding per set of equal keys, the same in every
+    process (so 1, 1.0 and True are one field, as in a dict; no pickles, whose bytes vary)."""
     if isinstance(key, str):
-        return b"s" + key.encode()
-    try:
-        hash(key)
-    except TypeError:
-        raise TypeError(f"SharedDict keys must be hashable, not {type(key).__name__}") from None
-    return b"p" + _dumps(key, "key")
+        return b"s" + key.encode("utf-8", "surrogatepass")
+    if isinstance(key, bytes):
+        return b"b" + key
+    if key is None:
+        return b"n"
+    if isinstance(key, (int, float)):  # bool is an int
+        if isinstance(key, float) and not key.is_integer():
+            return b"f" + repr(key).encode()  # nan and the infinities too
+        return b"i" + str(int(key)).encode()
+    if isinstance(key, tuple):
+        parts = [_encode_key(item) for item in key]
+        return b"t" + b"".join(b"%d:" % len(part) + part for part in parts)
+    raise TypeError(f"SharedDict keys must be {_KEY_TYPES}, not {type(key).__name__}")
 
 
 def _decode_key(field: bytes) -> Any:
-    if field[:1] == b"s":
-        return field[1:].decode()
-    return pickle.loads(field[1:])
+    kind, body = field[:1], field[1:]
+    if kind == b"s":
+        return body.decode("utf-8", "surrogatepass")
+    if kind == b"b":
+        return body
+    if kind == b"n":
+        return None
+    if kind == b"i":
+        return int(body)
+    if kind == b"f":
+        return float(body)
+    if kind == b"t":
+        items, at = [], 0
+        while at < len(body):
+            colon = body.index(b":", at)
+            end = colon + 1 + int(body[at:colon])
+            items.append(_decode_key(body[colon + 1:end]))
+            at = end
+        return tuple(items)
+    raise StateError(f"a SharedDict field {field[:40]!r} was not written by this version of cloudbutton")
 
 
 def _dumps(value: Any, what: str) -> bytes:
@@ -660,7 +790,11 @@ _MISSING = object()
 
 
 class SharedDict(SharedObject, MutableMapping):
-    """A dict shared by name (a Redis hash); keys are hashable, values any picklable object.
+    """A dict shared by name (a Redis hash); values are any picklable object.
+
+    Keys are ``str``, ``bytes``, ``int``, ``float``, ``bool``, ``None`` or tuples of these (TypeError names
+    any other type); each is stored in one canonical form, so equal keys are one entry in every process,
+    as in a dict: ``1``, ``1.0`` and ``True`` are the same key (read back as the int ``1``).
 
     ``pop``, ``popitem``, ``setdefault`` and ``update`` are each one atomic round trip.
     """
@@ -670,11 +804,7 @@ class SharedDict(SharedObject, MutableMapping):
     def __init__(self, name: str, url: str | None = None, *, ttl: float | None = None,
                  consistency: str = "strong", replicas: int = 0):
         super().__init__(name, url, ttl=ttl, consistency=consistency, replicas=replicas)
-        self._open()
-
-    @_state_op
-    def _open(self) -> None:
-        self._r  # noqa: B018  (connect and claim the name now, so a clash is raised here)
+        self._claim()
 
     @_state_op
     def __getitem__(self, key: Any) -> Any:
@@ -855,11 +985,7 @@ class SharedList(SharedObject, MutableSequence):
     def __init__(self, name: str, url: str | None = None, *, ttl: float | None = None,
                  consistency: str = "strong", replicas: int = 0):
         super().__init__(name, url, ttl=ttl, consistency=consistency, replicas=replicas)
-        self._open()
-
-    @_state_op
-    def _open(self) -> None:
-        self._r  # noqa: B018  (connect and claim the name now, so a clash is raised here)
+        self._claim()
 
     @_state_op
     def __len__(self) -> int:

@@ -214,6 +214,9 @@ class StateServer:
         """Stop the server (SIGTERM: it flushes its data, if any, and exits) and remove its private directory."""
         if os.getpid() != self.owner_pid:
             return  # a forked child never stops its parent's server
+        objects = sys.modules.get("cloudbutton.state.objects")
+        if objects is not None:
+            objects.drop_clients(self.url)  # their connections would only fail from now on
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -224,10 +227,6 @@ class StateServer:
         if self._dir_lock is not None:
             self._dir_lock.close()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-_EmbeddedServer = StateServer
-"""The embedded server is a StateServer with the defaults (older name)."""
 
 
 def _lock_dir(path: str):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import pickle
 import queue
+import threading
 import time
 import uuid
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 import redis
 
 from ..errors import BrokenBarrierError, InvalidStateError, LockNotHeldError, StateError, WaitTimeoutError
-from .objects import PREFIX, SharedObject, _client_for, _dumps, _state_op, run_script
+from .objects import PREFIX, SharedObject, _check_int, _client_for, _dumps, _state_op, run_script
 
 _WAKE_TTL_MS = 86_400_000
 """Wake-up elements nobody popped (their waiter died) are dropped by the server after a day."""
@@ -94,6 +95,9 @@ class _SyncObject(SharedObject):
 
 # --- Lock ---------------------------------------------------------------------------------------------
 
+_owner_lock = threading.Lock()
+"""Guards the owner tokens of Lock handles, which threads sharing a handle set and clear."""
+
 _LOCK_ACQUIRE = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {1, 0} end
 return {0, redis.call('PTTL', KEYS[1])}
@@ -132,9 +136,10 @@ class Lock(_SyncObject):
     so an overrun critical section is reported instead of silently overlapping. A holder that dies stops
     blocking others ``lease`` seconds after it acquired (or last renewed) the lock.
 
-    Ownership belongs to the handle object: a pickled copy (e.g. sent to a worker) does not hold the
-    lock. The lock is not reentrant and not fair. Waiters block on a wake-up list pushed by ``release``,
-    and never longer than the remaining lease, so they notice an expired holder without polling.
+    Ownership belongs to the handle object (as with :class:`threading.Lock`, any thread using the handle
+    may release it): a pickled copy (e.g. sent to a worker) does not hold the lock. The lock is not
+    reentrant and not fair. Waiters block on a wake-up list pushed by ``release``, and never longer than
+    the remaining lease, so they notice an expired holder without polling.
     """
 
     _type_name = "Lock"
@@ -147,11 +152,7 @@ class Lock(_SyncObject):
             raise ValueError(f"a Lock's lease must be a positive number of seconds, not {lease!r}")
         super().__init__(name, url)
         self.lease = lease
-        self._open()
-
-    @_state_op
-    def _open(self) -> None:
-        self._r  # noqa: B018  (connect and claim the name now, so a clash is raised here)
+        self._claim()
 
     @property
     def _lease_ms(self) -> int:
@@ -159,14 +160,18 @@ class Lock(_SyncObject):
 
     @_state_op
     def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
-        """Take the lock, waiting up to ``timeout`` seconds (``None``: forever); return whether it was taken."""
+        """Take the lock, waiting up to ``timeout`` seconds (``None`` or -1: forever, as with
+        :class:`threading.Lock`); return whether it was taken."""
+        if timeout == -1:
+            timeout = None
         deadline = _deadline(blocking, timeout)
         r, w = self._r, self._waiter
         token = uuid.uuid4().hex
         while True:
             taken, ttl_ms = run_script(r, _LOCK_ACQUIRE, [self._key], [token, self._lease_ms])
             if taken:
-                self._owner = token
+                with _owner_lock:
+                    self._owner = token
                 return True
             if deadline.expired():
                 return False
@@ -175,26 +180,35 @@ class Lock(_SyncObject):
     @_state_op
     def release(self) -> None:
         """Release the lock held by this handle; wake one waiter."""
-        done = run_script(self._r, _LOCK_RELEASE, [self._key, self._aux("wake")], [self._owner or "", _WAKE_TTL_MS])
-        self._check_held(done, "release")
-        self._owner = None
+        token = self._owner
+        done = run_script(self._r, _LOCK_RELEASE, [self._key, self._aux("wake")], [token or "", _WAKE_TTL_MS])
+        self._forget(token)  # released or lost either way
+        self._check_held(done, token, "release")
 
     @_state_op
     def renew(self) -> None:
         """Restart the lease of the lock held by this handle (for critical sections longer than ``lease``)."""
-        done = run_script(self._r, _LOCK_RENEW, [self._key], [self._owner or "", self._lease_ms])
-        self._check_held(done, "renew")
+        token = self._owner
+        done = run_script(self._r, _LOCK_RENEW, [self._key], [token or "", self._lease_ms])
+        if done != 1:
+            self._forget(token)
+        self._check_held(done, token, "renew")
 
-    def _check_held(self, done: int, action: str) -> None:
+    def _forget(self, token: str | None) -> None:
+        """Drop the owner token ``token``, unless another thread using this handle acquired the lock since."""
+        with _owner_lock:
+            if self._owner == token:
+                self._owner = None
+
+    def _check_held(self, done: int, token: str | None, action: str) -> None:
         if done == 1:
             return
-        if self._owner is None:
+        if token is None:
             why = "this handle has not acquired it"
         elif done == -1:
             why = f"its lease of {self.lease} s expired and another holder took it"
         else:
             why = f"its lease of {self.lease} s expired"
-        self._owner = None
         raise LockNotHeldError(f"cannot {action} {self!r}: {why}")
 
     @_state_op
@@ -232,8 +246,7 @@ class Semaphore(_SyncObject):
     _aux_kinds = ("init",)
 
     def __init__(self, name: str, value: int = 1, url: str | None = None):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"a Semaphore's value must be an int >= 0, not {value!r}")
+        _check_int(value, "a Semaphore's value", 0)
         super().__init__(name, url)
         self._open(value)
 
@@ -256,8 +269,7 @@ class Semaphore(_SyncObject):
     @_state_op
     def release(self, n: int = 1) -> None:
         """Return ``n`` permits."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be an int >= 1, not {n!r}")
+        _check_int(n, "n", 1)
         self._r.rpush(self._key, *["1"] * n)
 
     @_state_op
@@ -322,6 +334,15 @@ return 'broken'
 """
 
 
+_BARRIER_DELETE = """
+local gen = tonumber(redis.call('HGET', KEYS[1], 'gen') or '0')
+for g = math.max(gen - 1, 0), gen do redis.call('DEL', ARGV[1] .. g .. ARGV[2]) end
+return redis.call('DEL', KEYS[1], KEYS[2])
+"""
+"""Delete the barrier, its type record and the wake-up lists of its current and previous rounds (the only
+ones a broken or completed round can leave tokens in; older ones expire with _WAKE_TTL_MS)."""
+
+
 class Barrier(_SyncObject):
     """A reusable barrier for ``parties`` processes or threads, shared by name.
 
@@ -337,8 +358,7 @@ class Barrier(_SyncObject):
     _settings = ("parties", "timeout")
 
     def __init__(self, name: str, parties: int, timeout: float | None = None, url: str | None = None):
-        if isinstance(parties, bool) or not isinstance(parties, int) or parties < 1:
-            raise ValueError(f"a Barrier needs an int number of parties >= 1, not {parties!r}")
+        _check_int(parties, "a Barrier's number of parties", 1)
         _Deadline(timeout)  # validates it
         super().__init__(name, url)
         self.parties = parties
@@ -398,6 +418,10 @@ class Barrier(_SyncObject):
         prefix, suffix = self._round_args()
         run_script(self._r, _BARRIER_BREAK, [self._key], [prefix, suffix, "reset", "", _WAKE_TTL_MS])
 
+    @_state_op
+    def _delete(self) -> None:
+        run_script(self._r, _BARRIER_DELETE, [self._key, self._type_key], self._round_args())
+
     @property
     @_state_op
     def n_waiting(self) -> int:
@@ -448,8 +472,7 @@ class CountDownLatch(_SyncObject):
     _aux_kinds = ("open",)
 
     def __init__(self, name: str, count: int, url: str | None = None):
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise ValueError(f"a CountDownLatch's count must be an int >= 0, not {count!r}")
+        _check_int(count, "a CountDownLatch's count", 0)
         super().__init__(name, url)
         self._open(count)
 
@@ -493,11 +516,7 @@ class Future(_SyncObject):
 
     def __init__(self, name: str, url: str | None = None):
         super().__init__(name, url)
-        self._open()
-
-    @_state_op
-    def _open(self) -> None:
-        self._r  # noqa: B018  (connect and claim the name now, so a clash is raised here)
+        self._claim()
 
     def set_result(self, value: Any) -> None:
         self._set(b"r" + _dumps(value, "the result"))
@@ -560,8 +579,7 @@ class Queue(_SyncObject):
     _aux_kinds = ("maxsize", "space")
 
     def __init__(self, name: str, maxsize: int = 0, url: str | None = None):
-        if isinstance(maxsize, bool) or not isinstance(maxsize, int) or maxsize < 0:
-            raise ValueError(f"a Queue's maxsize must be an int >= 0, not {maxsize!r}")
+        _check_int(maxsize, "a Queue's maxsize", 0)
         super().__init__(name, url)
         self.maxsize = maxsize
         self._open()
