@@ -325,3 +325,17 @@ def test_a_closed_end_raises_os_error():
         pickle.dumps(a)
     with pytest.raises(EOFError):
         b.recv()
+
+
+def send_without_closing(conn, message):
+    conn.send(message)
+
+
+def test_a_child_that_ends_without_closing_its_end_closes_it():
+    parent_conn, child_conn = Pipe()
+    p = run(send_without_closing, child_conn, "last words")
+    child_conn.close()
+    assert parent_conn.recv() == "last words"
+    with pytest.raises(EOFError):  # the child's end was closed when it ended, as a child's exit does
+        parent_conn.recv()
+    assert finished(p) == [0]

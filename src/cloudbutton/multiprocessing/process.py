@@ -44,7 +44,20 @@ def _bootstrap(process: Process) -> tuple[int, str, int]:
         exitcode, message = 1, f"Process {process.name}:\n{traceback.format_exc()}"
     finally:
         _current = None
+        _close_pipe_ends(process)
     return exitcode, message, os.getpid()
+
+
+def _close_pipe_ends(process: Process) -> None:
+    """Close the Pipe ends a Process was given (its arguments and attributes), as a child's exit closes
+    its descriptors: a peer blocked in ``recv()`` then gets EOFError instead of waiting forever."""
+    from .connection import Connection
+
+    for value in vars(process).values():
+        items = value.values() if isinstance(value, dict) else value if isinstance(value, tuple | list) else (value,)
+        for item in items:
+            if isinstance(item, Connection):
+                item.close()
 
 
 def _process_runner():
