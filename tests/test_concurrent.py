@@ -8,7 +8,7 @@ import threading
 from concurrent.futures.process import BrokenProcessPool
 
 import pytest
-from calls import wait_for
+from calls import exit_on, wait_for
 
 from cloudbutton import SerializationError, WorkerLostError
 from cloudbutton.concurrent import InitializerError, ServerlessExecutor, _Initializer
@@ -23,11 +23,6 @@ def raise_on(x, bad):
         raise KeyError(f"bad {x}")
     return x
 
-
-def exit_on(x, bad):
-    if x == bad:
-        os._exit(3)
-    return x
 
 
 def kill_myself():

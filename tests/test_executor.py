@@ -20,12 +20,6 @@ def slow_identity(x, delay=0.0):
     return x
 
 
-@pytest.fixture(scope="module")
-def fexec():
-    with FunctionExecutor(max_workers=2) as executor:
-        yield executor
-
-
 def test_map_returns_results_in_input_order(fexec):
     futures = fexec.map(inc, range(1000))
     assert fexec.get_result(futures) == list(range(1, 1001))

@@ -44,12 +44,6 @@ def crash_first_attempts(marker_dir, x, crashes):
     return x
 
 
-@pytest.fixture(scope="module")
-def fexec():
-    with FunctionExecutor(max_workers=2) as executor:
-        yield executor
-
-
 def test_exception_is_reraised_with_its_type_and_remote_traceback(fexec):
     futures = fexec.map(fail_on, [(i, 3) for i in range(6)])
     with pytest.raises(CustomError, match="bad value 3") as info:

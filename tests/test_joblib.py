@@ -7,6 +7,7 @@ import time
 import joblib
 import numpy as np
 import pytest
+from calls import exit_on
 from joblib import Parallel, delayed, parallel_config
 from sklearn.datasets import load_digits, load_iris
 from sklearn.model_selection import GridSearchCV, cross_val_score
@@ -32,11 +33,6 @@ def fail_on(i, bad, data=None):
         raise TaskError(f"task {i} failed")
     return i
 
-
-def exit_on(i, bad):
-    if i == bad:
-        os._exit(3)
-    return i
 
 
 def where_and_sum(X, i):

@@ -419,6 +419,15 @@ class SharedObject:
         """Connect and claim the name now (at construction), so a clash with another type is raised here."""
         self._r  # noqa: B018
 
+    @_state_op
+    def _store_initial(self, stored: str | bytes | None) -> None:
+        """Store an initial value (as stored) only if the object does not exist yet, so every process may
+        construct the handle with the same arguments; with None, only claim the name."""
+        if stored is None:
+            self._claim()
+        else:
+            self._write(lambda c: c.set(self._key, stored, nx=True))
+
     def _connect(self) -> redis.Redis:
         r = _client_for(self.url)
         token = self._token
@@ -510,14 +519,7 @@ class _AtomicNumber(SharedObject):
     def __init__(self, name: str, initial: float | None = None, url: str | None = None, *,
                  ttl: float | None = None, consistency: str = "strong", replicas: int = 0):
         super().__init__(name, url, ttl=ttl, consistency=consistency, replicas=replicas)
-        self._open(None if initial is None else self._text(initial))
-
-    @_state_op
-    def _open(self, initial: str | None) -> None:
-        if initial is None:
-            self._claim()
-        else:
-            self._write(lambda c: c.set(self._key, initial, nx=True))
+        self._store_initial(None if initial is None else self._text(initial))
 
     @_state_op
     def get(self):
@@ -649,14 +651,7 @@ class AtomicReference(SharedObject):
     def __init__(self, name: str, initial: Any = None, url: str | None = None, *,
                  ttl: float | None = None, consistency: str = "strong", replicas: int = 0):
         super().__init__(name, url, ttl=ttl, consistency=consistency, replicas=replicas)
-        self._open(None if initial is None else _dumps(initial, "the initial value"))
-
-    @_state_op
-    def _open(self, data: bytes | None) -> None:
-        if data is None:
-            self._claim()
-        else:
-            self._write(lambda c: c.set(self._key, data, nx=True))
+        self._store_initial(None if initial is None else _dumps(initial, "the initial value"))
 
     @_state_op
     def get(self) -> Any:
