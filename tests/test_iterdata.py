@@ -9,6 +9,7 @@ import shutil
 import pytest
 
 from cloudbutton import FunctionExecutor
+from cloudbutton.job import BATCH_SECONDS, next_batch_size
 
 
 def echo(*args, **kwargs):
@@ -237,6 +238,18 @@ def test_chunksize_larger_than_the_job(fexec):
     results = run(fexec, square_with_pid, range(5), chunksize=1000)
     assert [r[0] for r in results] == [0, 1, 4, 9, 16]
     assert len({pid for _, pid in results}) == 1
+
+
+def test_batches_are_guided_until_the_calls_are_known_to_be_quick():
+    # unknown durations: a quarter of the work per worker pair at first, single calls at the end
+    assert [next_batch_size(n, 2, None) for n in (1000, 100, 7, 1)] == [250, 25, 1, 1]
+    # quick calls: a batch holds BATCH_SECONDS of them, so few round trips to the workers
+    quick = BATCH_SECONDS / 500
+    assert [next_batch_size(n, 2, None, quick) for n in (5000, 1000, 100, 7)] == [500, 500, 100, 7]
+    assert next_batch_size(100_000, 2, None, quick / 100) == 1024  # bounded all the same
+    # long calls keep the guided sizes, and an explicit chunksize wins
+    assert [next_batch_size(n, 2, None, 1.0) for n in (100, 7)] == [25, 1]
+    assert next_batch_size(100, 2, 3, quick) == 3
 
 
 # --- what else a job carries: the caller's working directory ----------------------------------------

@@ -20,7 +20,7 @@ from . import serialize, spill
 from .backends import get_backend_class
 from .config import resolve_config
 from .errors import CallError, MemoryLimitError, RemoteError, WorkerLostError
-from .futures import ALL_COMPLETED, ResponseFuture, as_list, get_result, settle, wait
+from .futures import ALL_COMPLETED, DONE_STATES, ResponseFuture, as_list, get_result, settle, wait
 from .job import JobSpec, expand_objects, parameter_names, plan_calls
 from .stats import summary_rows, to_dataframe
 from .storage import default_storage_url
@@ -54,17 +54,18 @@ class _JobRun:
         self.executor.backend.submit(job, calls, self)
 
     def on_results(self, job: JobSpec, results: list[tuple[int, bool, bytes, dict]]) -> None:
-        received, outcomes = time.time(), []
+        received, outcomes, futures = time.time(), [], self.futures
         for index, ok, payload, stats in results:
-            future = self.futures[index]
-            future.stats.update(stats, received=received)
-            if spill.is_reference(payload):
-                self.stored = True  # also for a cancelled call: its stored result must go too
-            if future.done():  # cancelled by the user meanwhile
+            future = futures[index]
+            stats["received"] = received
+            future.stats.update(stats)
+            stored = spill.is_reference(payload)
+            self.stored = self.stored or stored  # also for a cancelled call: its stored result must go too
+            if future._state in DONE_STATES:  # cancelled by the user meanwhile
                 outcomes.append((index, None, None))
                 continue
             try:
-                if spill.is_reference(payload):
+                if stored:
                     payload = spill.unspill(payload)
                 if ok:
                     value, error = serialize.loads(payload), None
@@ -440,8 +441,8 @@ class FunctionExecutor:
             if run.stored:
                 _remove_stored(run.job.data_url)  # normally gone already; a failed removal is retried
         self._runs = [run for run in self._runs if run not in finished]
-        self.futures = [f for f in self.futures if not f.done()]
-        self._uncollected = [f for f in self._uncollected if not f.done()]
+        self.futures = [f for f in self.futures if f._state not in DONE_STATES]
+        self._uncollected = [f for f in self._uncollected if f._state not in DONE_STATES]
 
     # --- lifetime ---------------------------------------------------------------------------
 

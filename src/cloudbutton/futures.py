@@ -21,7 +21,7 @@ ANY_COMPLETED = FIRST_COMPLETED = cf.FIRST_COMPLETED
 ALWAYS = "ALWAYS"  # check once and return at once
 
 
-_DONE_STATES = (cf_base.CANCELLED, cf_base.CANCELLED_AND_NOTIFIED, cf_base.FINISHED)
+DONE_STATES = (cf_base.CANCELLED, cf_base.CANCELLED_AND_NOTIFIED, cf_base.FINISHED)
 
 
 class ResponseFuture(cf.Future):
@@ -44,7 +44,7 @@ class ResponseFuture(cf.Future):
 
     def _wait_done(self, timeout: float | None) -> None:
         with self._condition:
-            self._condition.wait_for(lambda: self._state in _DONE_STATES, timeout)
+            self._condition.wait_for(lambda: self._state in DONE_STATES, timeout)
 
     def result(self, timeout: float | None = None) -> Any:
         self._wait_done(timeout)
@@ -77,7 +77,7 @@ def settle(outcomes: list[tuple[ResponseFuture, Any, BaseException | None]]) -> 
     with condition:
         for future, value, error in outcomes:
             assert future._condition is condition, "settle() takes the futures of one job"
-            if future._state in _DONE_STATES:
+            if future._state in DONE_STATES:
                 continue
             if error is None:
                 future._result = value
@@ -132,8 +132,11 @@ def wait(
     if return_when != ALWAYS:
         deadline = None if timeout is None else time.monotonic() + timeout
         bar = _ProgressBar(len(fs)) if _progress_wanted(show_progressbar) and fs else None
-        pending = [f for f in fs if f._state not in _DONE_STATES]  # done futures never change: no lock
+        pending = [f for f in fs if f._state not in DONE_STATES]  # done futures never change: no lock
         if return_when == ANY_COMPLETED and len(pending) < len(fs):
+            pending = []
+        if return_when == ALL_COMPLETED and all(isinstance(f, ResponseFuture) for f in pending):
+            _wait_all(pending, deadline, bar, len(fs) - len(pending))
             pending = []
         while pending:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -150,12 +153,35 @@ def wait(
             bar.update(sum(f.done() for f in fs), final=True)
     done, not_done = [], []
     for f in fs:
-        (done if f._state in _DONE_STATES else not_done).append(f)
+        (done if f._state in DONE_STATES else not_done).append(f)
     if throw_except:
         for f in done:
             if f._state == cf_base.FINISHED and f._exception is not None:
                 raise f._exception
     return done, not_done
+
+
+def _wait_all(pending: list[ResponseFuture], deadline: float | None, bar: _ProgressBar | None, done: int) -> None:
+    """Wait until every future is done or ``deadline`` passes, on the conditions the futures share
+    (``concurrent.futures.wait`` would add a waiter to each future, which each settling then updates)."""
+    groups: dict[int, list[ResponseFuture]] = {}
+    for f in pending:
+        groups.setdefault(id(f._condition), []).append(f)
+    for group in groups.values():
+        condition, position = group[0]._condition, 0
+        with condition:
+            while True:
+                while position < len(group) and group[position]._state in DONE_STATES:
+                    position += 1  # a done future stays done: each is checked until done, once after
+                if bar:
+                    bar.update(done + position)
+                if position == len(group):
+                    break
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return
+                condition.wait(left if bar is None else min(0.25, left if left is not None else 0.25))
+        done += len(group)
 
 
 def get_result(

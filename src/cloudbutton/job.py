@@ -65,12 +65,21 @@ def plan_calls(iterdata: Iterable, extra_args: Any = None) -> list[tuple[tuple, 
     return [call_arguments(item, extra_args) for item in iterdata]
 
 
-def next_batch_size(remaining: int, workers: int, chunksize: int | None) -> int:
+BATCH_SECONDS = 0.002
+"""How long a batch of quick calls should take: a few round trips to a worker, so that the wait
+between batches stays small next to the work, while the imbalance at a job's end stays small too."""
+
+
+def next_batch_size(remaining: int, workers: int, chunksize: int | None, seconds_per_call: float | None = None) -> int:
     """Guided self-scheduling: big batches while much work is queued, single calls at the end,
-    so per-call overhead stays low and no worker idles while another holds a long batch."""
+    so per-call overhead stays low and no worker idles while another holds a long batch. Once the
+    calls are known to be quick (``seconds_per_call``), a batch holds at least ``BATCH_SECONDS`` of them."""
     if chunksize:
         return min(chunksize, remaining)
-    return max(1, min(remaining // (2 * max(workers, 1)), 256))
+    n = max(1, min(remaining // (2 * max(workers, 1)), 256))
+    if seconds_per_call is not None:
+        n = max(n, min(remaining, int(BATCH_SECONDS / max(seconds_per_call, 1e-7)), 1024))
+    return n
 
 
 def parameter_names(func) -> list[str]:

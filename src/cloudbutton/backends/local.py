@@ -165,6 +165,7 @@ class WorkerPool:
         self._closed = False
         self.broken = False  # its dispatcher failed: calls submitted from now on go to a new pool
         self._start_failures = 0
+        self._seconds_per_call: collections.OrderedDict[str, float] = collections.OrderedDict()  # by function
         self._workers = [_Worker() for _ in range(size)]
         self._thread = threading.Thread(target=self._run, name="cloudbutton-local-pool", daemon=True)
         self._thread.start()
@@ -221,7 +222,8 @@ class WorkerPool:
                     self._queue.popleft()
                     continue
                 remaining = sum(len(q.calls) for q in self._queue)
-                n = next_batch_size(remaining, self.size, queued.job.chunksize)
+                per_call = self._seconds_per_call.get(queued.job.function_key)
+                n = next_batch_size(remaining, self.size, queued.job.chunksize, per_call)
                 calls = [queued.calls.popleft() for _ in range(min(n, len(queued.calls)))]
                 return _Batch(queued.job, calls, queued.sink)
         return None
@@ -295,12 +297,22 @@ class WorkerPool:
         self._start_failures = 0
         batch = w.batch
         batch.done += len(results)
+        self._time_calls(batch.job.function_key, results)
         w.retiring = w.retiring or any(r[3].get("memory_exceeded", False) for r in results)
         if batch.done == len(batch.calls):
             w.batch = None
             if w.retiring:
                 self._retire(w)
         return batch, results
+
+    def _time_calls(self, function_key: str, results: list) -> None:
+        """Remember how long calls of this function take (it sizes their later batches)."""
+        busy = sum(stats["finished"] - stats["started"] for _, _, _, stats in results)
+        with self._lock:
+            self._seconds_per_call[function_key] = busy / len(results)
+            self._seconds_per_call.move_to_end(function_key)
+            if len(self._seconds_per_call) > 256:
+                self._seconds_per_call.popitem(last=False)
 
     def _retire(self, w: _Worker) -> None:
         try:
