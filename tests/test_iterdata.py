@@ -5,6 +5,7 @@ import collections
 import itertools
 import os
 import shutil
+import time
 
 import pytest
 
@@ -26,6 +27,11 @@ def read_env(name):
 
 def square_with_pid(x):
     return x * x, os.getpid()
+
+
+def sleep_then_pid(seconds):
+    time.sleep(seconds)
+    return os.getpid()
 
 
 def run(fexec, function, iterdata, **kwargs):
@@ -243,13 +249,21 @@ def test_chunksize_larger_than_the_job(fexec):
 def test_batches_are_guided_until_the_calls_are_known_to_be_quick():
     # unknown durations: a quarter of the work per worker pair at first, single calls at the end
     assert [next_batch_size(n, 2, None) for n in (1000, 100, 7, 1)] == [250, 25, 1, 1]
-    # quick calls: a batch holds BATCH_SECONDS of them, so few round trips to the workers
+    # quick calls: a batch holds BATCH_SECONDS of them, so few round trips to the workers, but no
+    # more than a worker's share of the calls submitted together
     quick = BATCH_SECONDS / 500
-    assert [next_batch_size(n, 2, None, quick) for n in (5000, 1000, 100, 7)] == [500, 500, 100, 7]
-    assert next_batch_size(100_000, 2, None, quick / 100) == 1024  # bounded all the same
+    assert [next_batch_size(n, 2, None, quick, 5000) for n in (5000, 1000, 100, 7)] == [500, 500, 100, 7]
+    assert [next_batch_size(n, 2, None, quick, 8) for n in (8, 4)] == [4, 4]
+    assert next_batch_size(100_000, 2, None, quick / 100, 100_000) == 1024  # bounded all the same
     # long calls keep the guided sizes, and an explicit chunksize wins
-    assert [next_batch_size(n, 2, None, 1.0) for n in (100, 7)] == [25, 1]
-    assert next_batch_size(100, 2, 3, quick) == 3
+    assert [next_batch_size(n, 2, None, 1.0, 100) for n in (100, 7)] == [25, 1]
+    assert next_batch_size(100, 2, 3, quick, 100) == 3
+
+
+def test_calls_slower_than_earlier_ones_of_their_function_are_shared_by_the_workers(fexec):
+    run(fexec, sleep_then_pid, [0.0] * 20)  # the function is known to be quick now
+    pids = run(fexec, sleep_then_pid, [0.5] * 4)  # these are not: each worker takes its share
+    assert len(set(pids)) == 2
 
 
 # --- what else a job carries: the caller's working directory ----------------------------------------

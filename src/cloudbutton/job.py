@@ -70,15 +70,21 @@ BATCH_SECONDS = 0.002
 between batches stays small next to the work, while the imbalance at a job's end stays small too."""
 
 
-def next_batch_size(remaining: int, workers: int, chunksize: int | None, seconds_per_call: float | None = None) -> int:
+def next_batch_size(
+    remaining: int, workers: int, chunksize: int | None, seconds_per_call: float | None = None, submitted: int = 0
+) -> int:
     """Guided self-scheduling: big batches while much work is queued, single calls at the end,
-    so per-call overhead stays low and no worker idles while another holds a long batch. Once the
-    calls are known to be quick (``seconds_per_call``), a batch holds at least ``BATCH_SECONDS`` of them."""
+    so per-call overhead stays low and no worker idles while another holds a long batch.
+
+    Once the calls are known to be quick (``seconds_per_call``), a batch holds ``BATCH_SECONDS``
+    of them, but no more than a worker's share of the ``submitted`` calls: the estimate may come
+    from earlier calls of the function that were quicker than these."""
     if chunksize:
         return min(chunksize, remaining)
     n = max(1, min(remaining // (2 * max(workers, 1)), 256))
     if seconds_per_call is not None:
-        n = max(n, min(remaining, int(BATCH_SECONDS / max(seconds_per_call, 1e-7)), 1024))
+        share = -(-submitted // max(workers, 1))
+        n = max(n, min(remaining, share, int(BATCH_SECONDS / max(seconds_per_call, 1e-7)), 1024))
     return n
 
 

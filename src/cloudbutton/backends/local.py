@@ -39,6 +39,7 @@ class _Queued:
     job: JobSpec
     calls: collections.deque  # of (index, args bytes)
     sink: ResultSink
+    submitted: int = 0  # how many calls were submitted together
 
 
 @dataclasses.dataclass
@@ -172,7 +173,8 @@ class WorkerPool:
 
     def submit(self, job: JobSpec, calls, sink: ResultSink) -> None:
         with self._lock:
-            self._queue.append(_Queued(job, collections.deque(calls), sink))
+            queued = collections.deque(calls)
+            self._queue.append(_Queued(job, queued, sink, len(queued)))
         self._wake()
 
     def _wake(self) -> None:
@@ -223,7 +225,7 @@ class WorkerPool:
                     continue
                 remaining = sum(len(q.calls) for q in self._queue)
                 per_call = self._seconds_per_call.get(queued.job.function_key)
-                n = next_batch_size(remaining, self.size, queued.job.chunksize, per_call)
+                n = next_batch_size(remaining, self.size, queued.job.chunksize, per_call, queued.submitted)
                 calls = [queued.calls.popleft() for _ in range(min(n, len(queued.calls)))]
                 return _Batch(queued.job, calls, queued.sink)
         return None
@@ -373,7 +375,7 @@ class WorkerPool:
         rest = batch.calls[batch.done : position] + batch.calls[position + 1 :] if blamed else batch.calls[batch.done :]
         if rest:
             with self._lock:
-                self._queue.appendleft(_Queued(batch.job, collections.deque(rest), batch.sink))
+                self._queue.appendleft(_Queued(batch.job, collections.deque(rest), batch.sink, len(rest)))
         if blamed:
             index, _ = batch.calls[position]
             batch.sink.on_lost(batch.job, index, error_for(batch.job.call_name(index), batch.job))
