@@ -92,7 +92,8 @@ def settle(outcomes: list[tuple[ResponseFuture, Any, BaseException | None]]) -> 
             settled.append(future)
         condition.notify_all()
     for future in settled:
-        future._invoke_callbacks()
+        if future._done_callbacks:
+            future._invoke_callbacks()
 
 
 class _ProgressBar:
