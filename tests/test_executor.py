@@ -2,6 +2,8 @@
 
 import concurrent.futures as cf
 import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -151,3 +153,15 @@ def test_clean_forgets_finished_calls(fexec):
     fexec.get_result(fexec.map(inc, range(3)))
     fexec.clean()
     assert fexec.futures == [] and fexec.stats() == []
+
+
+def test_a_job_without_storage_does_not_import_fsspec(isolated):
+    # fsspec takes longer to import than the rest of cloudbutton: only storage work may import it
+    script = (
+        "import sys, cloudbutton\n"
+        "with cloudbutton.FunctionExecutor(max_workers=1) as fexec:\n"
+        "    assert fexec.get_result(fexec.map(abs, [-1, -2])) == [1, 2]\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'fsspec'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"

@@ -23,12 +23,12 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
-
-import fsspec
-from fsspec.core import url_to_fs
+from typing import TYPE_CHECKING, Any
 
 from .errors import CloudbuttonError, StorageError
+
+if TYPE_CHECKING:
+    import fsspec
 
 _RANGE = re.compile(r"^bytes=(\d+)-(\d*)$")
 _GLOB = re.compile(r"[*?\[]")
@@ -51,6 +51,8 @@ def default_storage_url() -> str:
 
 def filesystem(url: str, **storage_options: Any) -> tuple[fsspec.AbstractFileSystem, str]:
     """The fsspec filesystem and the path for ``url``; local directories create their parents on write."""
+    from fsspec.core import url_to_fs  # imported when needed: it takes longer than the rest of cloudbutton
+
     protocol = url.split("://", 1)[0] if "://" in url else "file"
     if protocol in ("file", "local"):
         storage_options.setdefault("auto_mkdir", True)
