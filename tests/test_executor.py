@@ -8,6 +8,7 @@ import threading
 import time
 
 import pytest
+from calls import wait_for
 
 import cloudbutton
 from cloudbutton import ALL_COMPLETED, ALWAYS, ANY_COMPLETED, FunctionExecutor
@@ -132,6 +133,20 @@ def test_map_after_shutdown_is_refused():
     executor.shutdown()
     with pytest.raises(RuntimeError, match="shut down"):
         executor.map(inc, [1])
+
+
+def test_a_cancelled_call_wakes_whoever_waits_for_it(fexec, gate):
+    futures = fexec.map(wait_for, [gate, gate, gate])
+    assert futures[2].cancel() and futures[2].cancelled()
+    assert cf.wait([futures[2]], timeout=30).done == {futures[2]}
+    assert list(cf.as_completed([futures[2]], timeout=30)) == [futures[2]]
+    # cancelled from another thread while a wait runs: the wait returns with it
+    threading.Timer(0.2, futures[1].cancel).start()
+    done, _ = fexec.wait(futures[:2], return_when=ANY_COMPLETED, timeout=30)
+    assert done == [futures[1]]
+    with open(gate, "w"):
+        pass
+    assert fexec.get_result(futures[0], timeout=30) is None
 
 
 def test_shutdown_cancels_queued_calls_on_error():

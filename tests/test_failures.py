@@ -121,6 +121,15 @@ def test_call_timeout_stops_the_call_and_replaces_its_worker(fexec):
     assert fexec.get_result(fexec.map(abs, [-1, -2])) == [1, 2]
 
 
+def test_a_timeout_runs_from_a_calls_start_not_from_its_workers_start_up(isolated):
+    # the one worker is stopped at 0.05 s; the other calls wait for its replacement, whose start-up
+    # takes longer than their timeout: they must still run
+    with FunctionExecutor(max_workers=1) as fexec:
+        results = fexec.get_result(fexec.map(sleep_for, [30.0, 0.0, 0.0], timeout=0.05), throw_except=False)
+    assert isinstance(results[0], CallTimeoutError)
+    assert results[1:] == [0.0, 0.0]
+
+
 def test_get_result_timeout_leaves_the_job_collectable(fexec):
     futures = fexec.map(sleep_for, [1.5, 1.5])
     with pytest.raises(WaitTimeoutError, match="keep running"):

@@ -6,8 +6,10 @@ import itertools
 import os
 import shutil
 import time
+from pathlib import Path
 
 import pytest
+from calls import wait_for
 
 from cloudbutton import FunctionExecutor
 from cloudbutton.job import BATCH_SECONDS, next_batch_size
@@ -247,23 +249,33 @@ def test_chunksize_larger_than_the_job(fexec):
 
 
 def test_batches_are_guided_until_the_calls_are_known_to_be_quick():
-    # unknown durations: a quarter of the work per worker pair at first, single calls at the end
+    # unknown durations: a quarter of the job per worker pair at first, single calls at the end
     assert [next_batch_size(n, 2, None) for n in (1000, 100, 7, 1)] == [250, 25, 1, 1]
     # quick calls: a batch holds BATCH_SECONDS of them, so few round trips to the workers, but no
-    # more than a worker's share of the calls submitted together
+    # more than a worker's share of the calls not finished (not sent, or sent and running)
     quick = BATCH_SECONDS / 500
-    assert [next_batch_size(n, 2, None, quick, 5000) for n in (5000, 1000, 100, 7)] == [500, 500, 100, 7]
-    assert [next_batch_size(n, 2, None, quick, 8) for n in (8, 4)] == [4, 4]
-    assert next_batch_size(100_000, 2, None, quick / 100, 100_000) == 1024  # bounded all the same
+    assert [next_batch_size(n, 2, None, quick) for n in (5000, 1000, 100, 7)] == [500, 500, 50, 4]
+    assert next_batch_size(500, 2, None, quick, in_flight=500) == 500
+    assert next_batch_size(100_000, 2, None, quick / 100) == 1024  # bounded all the same
     # long calls keep the guided sizes, and an explicit chunksize wins
-    assert [next_batch_size(n, 2, None, 1.0, 100) for n in (100, 7)] == [25, 1]
-    assert next_batch_size(100, 2, 3, quick, 100) == 3
+    assert [next_batch_size(n, 2, None, 1.0) for n in (100, 7)] == [25, 1]
+    assert next_batch_size(100, 2, 3, quick) == 3
 
 
-def test_calls_slower_than_earlier_ones_of_their_function_are_shared_by_the_workers(fexec):
-    run(fexec, sleep_then_pid, [0.0] * 20)  # the function is known to be quick now
-    pids = run(fexec, sleep_then_pid, [0.5] * 4)  # these are not: each worker takes its share
-    assert len(set(pids)) == 2
+def test_slow_calls_after_quick_ones_are_shared_by_the_workers(fexec):
+    run(fexec, sleep_then_pid, [0.0] * 20)  # quick calls of the function do not size the next job's batches
+    pids = run(fexec, sleep_then_pid, [0.5, 0.5, 0.0, 0.0])
+    assert pids[0] != pids[1]  # the two slow calls ran at the same time, each on its own worker
+
+
+def test_a_short_job_of_slow_calls_is_shared_even_with_a_long_job_queued_behind_it(fexec, gate):
+    blockers = fexec.map(wait_for, [gate, gate])  # both workers busy while the next two jobs queue
+    slow = fexec.map(sleep_then_pid, [0.3] * 4)
+    quick = fexec.map(sleep_then_pid, [0.0] * 1000)
+    Path(gate).touch()
+    fexec.get_result(blockers + quick, timeout=60)
+    pids = fexec.get_result(slow, timeout=60)
+    assert len(set(pids)) == 2  # sized by its own 4 calls, not by the 1004 queued
 
 
 # --- what else a job carries: the caller's working directory ----------------------------------------

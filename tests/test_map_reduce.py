@@ -6,7 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from calls import wait_for
+from calls import sleep_for, wait_for
 
 from cloudbutton import FunctionExecutor
 from cloudbutton.errors import StorageError
@@ -244,6 +244,13 @@ def test_shutdown_without_wait_keeps_the_stored_arguments_of_calls_still_to_run(
     fexec.shutdown(wait=False)
     assert [f.result(timeout=60) for f in futures] == [5000] * 3
     assert eventually_empty(storage) == []
+
+
+def test_a_reducer_still_runs_after_shutdown_without_wait(tmp_path):
+    fexec = FunctionExecutor(max_workers=2, storage_url=f"file://{tmp_path}")
+    reducer = fexec.map_reduce(sleep_for, [0.3, 0.3], sum)
+    fexec.shutdown(wait=False)  # the maps are still running: their reducer must launch when they end
+    assert fexec.get_result(reducer, timeout=60) == [0.6]
 
 
 def test_the_stored_result_of_a_cancelled_call_is_removed(tmp_path, gate):

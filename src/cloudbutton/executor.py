@@ -206,6 +206,8 @@ class FunctionExecutor:
         self._data_url = f"{self.storage_url}/cloudbutton-jobs/{self.executor_id}"
         self._runs: list[_JobRun] = []
         self._reducers = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="cloudbutton-reducers")
+        self._reducers_waiting = 0  # reducers whose maps are not all done: they launch even after shutdown
+        self._reducers_lock = threading.Lock()
         self.futures: list[ResponseFuture] = []
         self._uncollected: list[ResponseFuture] = []
         self._jobs = itertools.count()
@@ -301,13 +303,25 @@ class FunctionExecutor:
         settings = self._settings(reduce_runtime_memory, timeout, None, retries)
         reduce_run = self._new_job(reduce_function, len(groups), settings, extra_env, reduce_bytes, "R")
         by_keyword = "results" in parameter_names(reduce_function)
+        with self._reducers_lock:
+            self._reducers_waiting += len(groups)
         for index, futures in enumerate(groups.values()):
             reduce = functools.partial(self._reduce, reduce_run, index, map_run, futures, modules, by_keyword)
             # launched from a thread of its own: the backend's result thread must not pickle and store
             _when_all_done(futures, functools.partial(self._reducers.submit, reduce))
         return list(reduce_run.futures)
 
-    def _reduce(
+    def _reduce(self, *args) -> None:
+        try:
+            self._launch_reducer(*args)
+        finally:
+            with self._reducers_lock:
+                self._reducers_waiting -= 1
+                last = self._closed and self._reducers_waiting == 0
+            if last:  # the executor was shut down without waiting: the thread is no longer needed
+                self._reducers.shutdown(wait=False)
+
+    def _launch_reducer(
         self, run: _JobRun, index: int, map_run: _JobRun, futures: list[ResponseFuture], modules, by_keyword: bool
     ) -> None:
         """Launch reducer ``index`` over the results of ``futures`` of ``map_run`` (all done), or fail
@@ -447,17 +461,19 @@ class FunctionExecutor:
     # --- lifetime ---------------------------------------------------------------------------
 
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
-        """Stop: with ``cancel_futures`` drop calls not yet started; with ``wait`` wait for the rest.
+        """Stop: with ``cancel_futures`` cancel every call not finished (calls not started never run;
+        calls running run on, their results discarded); with ``wait`` wait for the rest.
 
         A job's stored data is removed once all its calls are settled; calls still running after a
         shutdown without ``wait`` keep theirs until they end."""
-        if self._closed:
-            return
-        self._closed = True
+        with self._reducers_lock:
+            if self._closed:
+                return
+            self._closed = True
+            reducers_waiting = self._reducers_waiting
         if cancel_futures:
             for f in self.futures:
-                if not f.running():
-                    f.cancel()
+                f.cancel()
             cancel = getattr(self.backend, "cancel", None)
             runs = {run.job.key: run for run in self._runs}
             for job, index in (cancel() if cancel else None) or ():
@@ -465,7 +481,8 @@ class FunctionExecutor:
                     runs[job.key].settle([(index, None, None)])
         if wait:
             self.wait(throw_except=False, show_progressbar=False)
-        self._reducers.shutdown(wait=wait)
+        if wait or not reducers_waiting:
+            self._reducers.shutdown(wait=wait)
         self.backend.close()
         if wait and all(run.unsettled == 0 for run in self._runs):
             _remove_stored(self._data_url)  # what is left: empty folders, or data a failed removal left

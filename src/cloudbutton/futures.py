@@ -46,6 +46,18 @@ class ResponseFuture(cf.Future):
         with self._condition:
             self._condition.wait_for(lambda: self._state in DONE_STATES, timeout)
 
+    def cancel(self) -> bool:
+        """Cancel the call unless its outcome arrived: a call not started never runs, one already
+        running runs on and its result is discarded (a remote call cannot be interrupted)."""
+        if not super().cancel():
+            return False
+        with self._condition:  # what an executor does when it drops a cancelled call: tell the waiters
+            if self._state == cf_base.CANCELLED:
+                self._state = cf_base.CANCELLED_AND_NOTIFIED
+                for waiter in self._waiters:
+                    waiter.add_cancelled(self)
+        return True
+
     def result(self, timeout: float | None = None) -> Any:
         self._wait_done(timeout)
         return super().result(0)

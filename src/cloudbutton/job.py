@@ -71,19 +71,21 @@ between batches stays small next to the work, while the imbalance at a job's end
 
 
 def next_batch_size(
-    remaining: int, workers: int, chunksize: int | None, seconds_per_call: float | None = None, submitted: int = 0
+    remaining: int, workers: int, chunksize: int | None, seconds_per_call: float | None = None, in_flight: int = 0
 ) -> int:
-    """Guided self-scheduling: big batches while much work is queued, single calls at the end,
-    so per-call overhead stays low and no worker idles while another holds a long batch.
+    """How many of a job's ``remaining`` calls (not yet sent) to send to a worker at once.
 
-    Once the calls are known to be quick (``seconds_per_call``), a batch holds ``BATCH_SECONDS``
-    of them, but no more than a worker's share of the ``submitted`` calls: the estimate may come
-    from earlier calls of the function that were quicker than these."""
+    Guided self-scheduling: big batches while much of the job is left, single calls at its end, so
+    per-call overhead stays low and no worker idles while another holds a long batch. Once the job's
+    calls are known to be quick (``seconds_per_call``, measured on those that ran), a batch holds
+    ``BATCH_SECONDS`` of them, up to a worker's share of the calls not finished (``remaining`` plus
+    the ``in_flight`` ones sent earlier), so that a quick job takes a round trip or two per worker."""
     if chunksize:
         return min(chunksize, remaining)
-    n = max(1, min(remaining // (2 * max(workers, 1)), 256))
+    workers = max(workers, 1)
+    n = max(1, min(remaining // (2 * workers), 256))
     if seconds_per_call is not None:
-        share = -(-submitted // max(workers, 1))
+        share = -(-(remaining + in_flight) // workers)
         n = max(n, min(remaining, share, int(BATCH_SECONDS / max(seconds_per_call, 1e-7)), 1024))
     return n
 

@@ -34,22 +34,31 @@ from . import Backend, ResultSink
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(eq=False)
 class _Queued:
+    """The calls of one submission, and what sizes their batches."""
+
     job: JobSpec
-    calls: collections.deque  # of (index, args bytes)
+    calls: collections.deque  # of (index, args bytes), not sent yet
     sink: ResultSink
-    submitted: int = 0  # how many calls were submitted together
+    in_flight: int = 0  # calls sent whose outcome has not arrived
+    seconds_per_call: float | None = None  # measured on the calls that ran
 
 
 @dataclasses.dataclass
 class _Batch:
-    job: JobSpec
+    queued: _Queued
     calls: list
-    sink: ResultSink
     done: int = 0  # results received
     number: int = 0  # per worker, to match the worker's progress record
-    sent: float = 0.0  # monotonic
+
+    @property
+    def job(self) -> JobSpec:
+        return self.queued.job
+
+    @property
+    def sink(self) -> ResultSink:
+        return self.queued.sink
 
 
 class _Worker:
@@ -84,28 +93,32 @@ class _Worker:
             job = dataclasses.replace(job, function_bytes=None)
         self.known_functions.add(job.function_key)
         self.batches_sent += 1
-        batch.number, batch.sent = self.batches_sent, time.monotonic()
+        batch.number = self.batches_sent
         self.batch = batch
         self.conn.send_bytes(pickle.dumps((batch.number, job, batch.calls), protocol=pickle.HIGHEST_PROTOCOL))
 
     def running(self) -> tuple[int | None, float | None]:
-        """Position in its batch of the call running and when it started: ``(None, sent)`` if the
-        batch has not started, ``(None, None)`` if every call of it ran."""
+        """Position in its batch of the call running and when it started; ``(None, None)`` if the
+        batch has not started (a call's timeout runs from its start, not from a worker's start-up)
+        or if every call of it ran."""
         if self.batch is None:
             return None, None
         number, position, started = read_progress(self.progress)
         if number != self.batch.number:
-            return None, self.batch.sent
+            return None, None
         if position >= len(self.batch.calls):
             return None, None
         return position, started
 
     def deadline(self) -> float | None:
-        """When the running call's timeout expires."""
+        """When the running call's timeout expires; while the batch has not started (the worker may
+        still be starting up), a moment from now, to look again."""
         if self.batch is None or self.batch.job.timeout is None:
             return None
-        _, started = self.running()
-        return None if started is None else started + self.batch.job.timeout
+        number, position, started = read_progress(self.progress)
+        if number != self.batch.number:
+            return time.monotonic() + 0.01
+        return None if position >= len(self.batch.calls) else started + self.batch.job.timeout
 
     def receive(self) -> tuple[list[bytes], bool]:
         """The messages that have arrived in full, and whether the worker has closed its end.
@@ -166,15 +179,13 @@ class WorkerPool:
         self._closed = False
         self.broken = False  # its dispatcher failed: calls submitted from now on go to a new pool
         self._start_failures = 0
-        self._seconds_per_call: collections.OrderedDict[str, float] = collections.OrderedDict()  # by function
         self._workers = [_Worker() for _ in range(size)]
         self._thread = threading.Thread(target=self._run, name="cloudbutton-local-pool", daemon=True)
         self._thread.start()
 
     def submit(self, job: JobSpec, calls, sink: ResultSink) -> None:
         with self._lock:
-            queued = collections.deque(calls)
-            self._queue.append(_Queued(job, queued, sink, len(queued)))
+            self._queue.append(_Queued(job, collections.deque(calls), sink))
         self._wake()
 
     def _wake(self) -> None:
@@ -190,6 +201,7 @@ class WorkerPool:
             for queued in [q for q in self._queue if q.job.key in job_keys]:
                 self._queue.remove(queued)
                 dropped += [(queued.job, index) for index, _ in queued.calls]
+                queued.calls.clear()  # a batch of it coming back from a dead worker must not bring these back
         return dropped
 
     def worker_pids(self) -> list[int]:
@@ -223,11 +235,12 @@ class WorkerPool:
                 if not queued.calls:
                     self._queue.popleft()
                     continue
-                remaining = sum(len(q.calls) for q in self._queue)
-                per_call = self._seconds_per_call.get(queued.job.function_key)
-                n = next_batch_size(remaining, self.size, queued.job.chunksize, per_call, queued.submitted)
+                n = next_batch_size(
+                    len(queued.calls), self.size, queued.job.chunksize, queued.seconds_per_call, queued.in_flight
+                )
                 calls = [queued.calls.popleft() for _ in range(min(n, len(queued.calls)))]
-                return _Batch(queued.job, calls, queued.sink)
+                queued.in_flight += len(calls)
+                return _Batch(queued, calls)
         return None
 
     def _dispatch(self) -> None:
@@ -299,7 +312,9 @@ class WorkerPool:
         self._start_failures = 0
         batch = w.batch
         batch.done += len(results)
-        self._time_calls(batch.job.function_key, results)
+        batch.queued.in_flight -= len(results)
+        busy = sum(stats["finished"] - stats["started"] for _, _, _, stats in results)
+        batch.queued.seconds_per_call = busy / len(results)
         w.retiring = w.retiring or any(r[3].get("memory_exceeded", False) for r in results)
         if batch.done == len(batch.calls):
             w.batch = None
@@ -307,21 +322,13 @@ class WorkerPool:
                 self._retire(w)
         return batch, results
 
-    def _time_calls(self, function_key: str, results: list) -> None:
-        """Remember how long calls of this function take (it sizes their later batches)."""
-        busy = sum(stats["finished"] - stats["started"] for _, _, _, stats in results)
-        with self._lock:
-            self._seconds_per_call[function_key] = busy / len(results)
-            self._seconds_per_call.move_to_end(function_key)
-            if len(self._seconds_per_call) > 256:
-                self._seconds_per_call.popitem(last=False)
-
     def _retire(self, w: _Worker) -> None:
         try:
             w.conn.send_bytes(pickle.dumps((0, None, None)))
         except OSError:
             pass
         w.close()
+        w.progress.close()
         self._workers[self._workers.index(w)] = _Worker()
         try:
             w.proc.wait(timeout=5)
@@ -373,9 +380,12 @@ class WorkerPool:
         # they run again (their results are delivered once). Calls after it never started.
         blamed = position is not None and position >= batch.done
         rest = batch.calls[batch.done : position] + batch.calls[position + 1 :] if blamed else batch.calls[batch.done :]
+        batch.queued.in_flight -= len(batch.calls) - batch.done
         if rest:
             with self._lock:
-                self._queue.appendleft(_Queued(batch.job, collections.deque(rest), batch.sink, len(rest)))
+                batch.queued.calls.extendleft(reversed(rest))
+                if batch.queued not in self._queue:
+                    self._queue.appendleft(batch.queued)
         if blamed:
             index, _ = batch.calls[position]
             batch.sink.on_lost(batch.job, index, error_for(batch.job.call_name(index), batch.job))
