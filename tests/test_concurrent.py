@@ -4,6 +4,8 @@
 import concurrent.futures as cf
 import os
 import signal
+import subprocess
+import sys
 import threading
 from concurrent.futures.process import BrokenProcessPool
 
@@ -215,3 +217,17 @@ def test_bad_arguments_are_refused(isolated):
         ServerlessExecutor(max_workers=0)
     with pytest.raises(TypeError, match="initializer"):
         ServerlessExecutor(max_workers=2, initializer=42)
+
+
+def test_the_interpreter_waits_at_exit_for_calls_of_an_executor_not_shut_down(isolated):
+    out = isolated / "written-at-exit"
+    script = (
+        "import time\n"
+        "from cloudbutton.concurrent import ServerlessExecutor\n"
+        "def late_write(path):\n"
+        "    time.sleep(0.5)\n"
+        "    open(path, 'w').write('done')\n"
+        f"ServerlessExecutor(max_workers=1).submit(late_write, {str(out)!r})\n"
+    )
+    subprocess.run([sys.executable, "-c", script], timeout=120, check=True, cwd=isolated)
+    assert out.read_text() == "done"  # as ProcessPoolExecutor: pending calls finish before the exit

@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import signal
 import threading
+import time
 import weakref
 
 import pytest
@@ -341,6 +342,31 @@ def test_imap_input_raising_a_base_exception_ends_the_results(pool):
     it = pool.imap(sqr, exit_after(2))
     assert [it.next(timeout=30), it.next(timeout=30)] == [0, 1]
     with pytest.raises(SystemExit):
+        it.next(timeout=30)
+    with pytest.raises(StopIteration):
+        it.next(timeout=30)
+
+
+def test_map_async_of_nothing_is_ready_at_once_without_callbacks(pool):
+    called = []
+    result = pool.map_async(sqr, [], callback=called.append, error_callback=called.append)
+    assert result.ready() and result.get(timeout=30) == [] and called == []
+
+
+def slow_sqr(x):
+    time.sleep(0.3)
+    return x * x
+
+
+def key_error_after(n):
+    yield from range(1, n + 1)
+    raise KeyError("the input failed")
+
+
+def test_imap_unordered_gives_the_results_of_tasks_before_the_inputs_error(pool):
+    it = pool.imap_unordered(slow_sqr, key_error_after(2))  # the input fails while both tasks run
+    assert sorted([it.next(timeout=30), it.next(timeout=30)]) == [1, 4]
+    with pytest.raises(KeyError, match="the input failed"):
         it.next(timeout=30)
     with pytest.raises(StopIteration):
         it.next(timeout=30)

@@ -43,6 +43,10 @@ def leave(how):
         sys.exit()
     if how == "exit-7":
         sys.exit(7)
+    if how == "exit-minus-1":
+        sys.exit(-1)
+    if how == "exit-300":
+        sys.exit(300)
     if how == "exit-text":
         sys.exit("goodbye")
     if how == "os-exit":
@@ -97,7 +101,7 @@ def test_an_uncaught_exception_is_exit_code_1_and_its_traceback_is_printed(capsy
 @pytest.mark.parametrize(
     ("how", "code", "printed"),
     [("exit-none", 0, ""), ("exit-7", 7, ""), ("exit-text", 1, "goodbye\n"), ("os-exit", 5, ""),
-     ("kill-9", -signal.SIGKILL, "")],
+     ("kill-9", -signal.SIGKILL, ""), ("exit-minus-1", 255, ""), ("exit-300", 44, "")],  # as the OS keeps them
 )
 def test_exit_codes(how, code, printed, capsys):
     p = mp.Process(target=leave, args=(how,))
@@ -105,6 +109,21 @@ def test_exit_codes(how, code, printed, capsys):
     p.join()
     assert p.exitcode == code
     assert capsys.readouterr().err == printed
+
+
+def meet(barrier):
+    barrier.wait()
+
+
+def test_more_processes_than_cpus_that_wait_for_each_other_all_run_at_once(embedded_server):
+    n = mp.cpu_count() + 2
+    barrier = mp.Barrier(n, timeout=60)  # passes only if all n Processes run at the same time
+    processes = [mp.Process(target=meet, args=(barrier,)) for _ in range(n)]
+    for p in processes:
+        p.start()
+    for p in processes:
+        p.join(timeout=90)
+    assert [p.exitcode for p in processes] == [0] * n
 
 
 def test_a_dead_worker_does_not_stop_other_processes(tmp_path):

@@ -11,6 +11,7 @@ the executor machinery only when an executor is created.
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures as cf
 import itertools
 import os
@@ -159,6 +160,7 @@ class _Runner:
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
         with self._lock:
             self.closed = True
+        _open_runners.discard(self)
         if wait or cancel_futures:
             self.fexec.shutdown(wait=wait, cancel_futures=cancel_futures)
         else:  # the calls still run; the backend is released once they are done
@@ -188,6 +190,7 @@ class ServerlessExecutor(cf.Executor):
         if max_workers is not None and max_workers <= 0:
             raise ValueError("max_workers must be greater than 0")
         self._runner = _Runner(max_workers, initializer, initargs, backend, config, **overrides)
+        _finish_at_exit(self._runner)
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> cf.Future:
         """Run ``fn(*args, **kwargs)`` once; return its future."""
@@ -219,6 +222,22 @@ class ServerlessExecutor(cf.Executor):
     def executor(self):
         """The underlying ``FunctionExecutor`` (for its ``stats()``, ``job_summary()``, ...)."""
         return self._runner.fexec
+
+
+_open_runners: set[_Runner] = set()  # strong: an executor dropped without shutdown still finishes its calls
+
+
+def _finish_at_exit(runner: _Runner) -> None:
+    """As ProcessPoolExecutor does, the interpreter waits at exit for the calls of executors not shut
+    down. Registered again after each runner (and so after its backend's exit handler): it runs first."""
+    atexit.unregister(_wait_for_open_runners)
+    atexit.register(_wait_for_open_runners)
+    _open_runners.add(runner)
+
+
+def _wait_for_open_runners() -> None:
+    for runner in list(_open_runners):
+        runner.shutdown(wait=True)
 
 
 def _results_in_order(futures: list[cf.Future], end: float | None) -> Iterator:

@@ -179,6 +179,7 @@ class WorkerPool:
         self._closed = False
         self.broken = False  # its dispatcher failed: calls submitted from now on go to a new pool
         self._start_failures = 0
+        self._wanted = size  # grow() raises it; the dispatcher thread starts the workers
         self._workers = [_Worker() for _ in range(size)]
         self._thread = threading.Thread(target=self._run, name="cloudbutton-local-pool", daemon=True)
         self._thread.start()
@@ -203,6 +204,12 @@ class WorkerPool:
                 dropped += [(queued.job, index) for index, _ in queued.calls]
                 queued.calls.clear()  # a batch of it coming back from a dead worker must not bring these back
         return dropped
+
+    def grow(self, size: int) -> None:
+        """Have at least ``size`` workers from now on."""
+        with self._lock:
+            self._wanted = max(self._wanted, size)
+        self._wake()
 
     def worker_pids(self) -> list[int]:
         return [w.proc.pid for w in self._workers]
@@ -280,6 +287,9 @@ class WorkerPool:
 
     def _loop(self) -> None:
         while not self._closed:
+            while len(self._workers) < self._wanted:
+                self._workers.append(_Worker())
+                self.size = len(self._workers)
             self._dispatch()
             timeout = self._until_next_deadline()
             ready = wait([w.sock for w in self._workers] + [self._wake_r], timeout)
@@ -392,6 +402,7 @@ class WorkerPool:
 
 
 _pools: dict[int, WorkerPool] = {}
+_private_pools: set[WorkerPool] = set()  # of backends that reserved workers: not shared, closed with them
 _pools_lock = threading.Lock()
 
 
@@ -402,12 +413,20 @@ def shared_pool(size: int) -> WorkerPool:
         return _pools[size]
 
 
+def _private_pool(size: int) -> WorkerPool:
+    pool = WorkerPool(size)
+    with _pools_lock:
+        _private_pools.add(pool)
+    return pool
+
+
 @atexit.register
 def close_pools() -> None:
     """Stop every warm worker (also run at interpreter exit)."""
     with _pools_lock:
-        pools = list(_pools.values())
+        pools = list(_pools.values()) + list(_private_pools)
         _pools.clear()
+        _private_pools.clear()
     for pool in pools:
         pool.close()
 
@@ -416,7 +435,22 @@ class LocalBackend(Backend):
     def __init__(self, config):
         super().__init__(config)
         self.pool = shared_pool(config.max_workers or os.cpu_count() or 1)
+        self._own_pool = False
         self._jobs: set[str] = set()
+
+    def reserve(self, calls: int) -> None:
+        """Let ``calls`` calls run at once, whatever ``max_workers`` says: each running
+        ``multiprocessing.Process`` needs a worker of its own, as it may wait for another. Call it
+        before submitting anything: the backend moves to a pool of its own, which grows."""
+        if not self._own_pool:
+            self.pool, self._own_pool = _private_pool(max(calls, self.pool.size)), True
+        self.pool.grow(calls)
+
+    def close(self) -> None:
+        if self._own_pool:
+            with _pools_lock:
+                _private_pools.discard(self.pool)
+            self.pool.close()
 
     @property
     def workers(self) -> int:
@@ -425,7 +459,7 @@ class LocalBackend(Backend):
     def submit(self, job, calls, sink) -> None:
         self._jobs.add(job.key)
         if self.pool.broken:
-            self.pool = shared_pool(self.pool.size)
+            self.pool = _private_pool(self.pool.size) if self._own_pool else shared_pool(self.pool.size)
         self.pool.submit(job, calls, sink)
 
     def cancel(self) -> list[tuple[JobSpec, int]]:

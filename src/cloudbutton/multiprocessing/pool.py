@@ -56,7 +56,8 @@ class AsyncResult:
         self._left = len(self._futures)
         self._lock = threading.Lock()
         pool._outstanding.add(self)
-        if not self._futures:
+        if not self._futures:  # nothing to do: ready at once, without callbacks (as in the standard library)
+            self._callback = self._error_callback = None
             self._all_done()
         for f in self._futures:
             f.add_done_callback(self._one_done)
@@ -130,6 +131,8 @@ class IMapIterator:
         self._added = 0  # calls so far
         self._length: int | None = None  # calls in all, once the input is exhausted
         self._taken = 0  # calls whose outcome was taken
+        self._arrived = 0  # calls whose outcome arrived
+        self._input_error: BaseException | None = None  # comes after every outcome (unordered)
         self._buffer: collections.deque = collections.deque()  # the rest of a chunk's results
         self._outstanding = pool._outstanding  # not the pool: a feeder must not keep it alive
         self._outstanding.add(self)
@@ -146,6 +149,9 @@ class IMapIterator:
                 self._done[i] = item
             else:
                 self._done.append(item)
+                self._arrived += 1
+                if self._input_error is not None and self._arrived == self._added - 1:
+                    self._done.append(self._input_error)  # after the results of the tasks before it
             self._cond.notify_all()
 
     def _end(self, error: BaseException | None = None) -> None:
@@ -154,7 +160,12 @@ class IMapIterator:
             if self._length is not None:
                 return
             if error is not None:
-                self._put(self._added, error)
+                if self._ordered:
+                    self._done[self._added] = error
+                elif self._arrived == self._added:
+                    self._done.append(error)
+                else:
+                    self._input_error = error
                 self._added += 1
             self._length = self._added
             self._cond.notify_all()

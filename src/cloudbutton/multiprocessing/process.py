@@ -36,8 +36,8 @@ def _bootstrap(process: Process) -> tuple[int, str, int]:
     except SystemExit as e:
         if e.code is None:
             exitcode = 0
-        elif isinstance(e.code, int):
-            exitcode = e.code
+        elif isinstance(e.code, int):  # what the OS keeps of a process's exit status, as in the stdlib
+            exitcode = int(e.code) & 0xFF
         else:
             exitcode, message = 1, f"{e.code}\n"
     except BaseException:  # noqa: BLE001 - as the standard library's child, report anything
@@ -93,8 +93,10 @@ class Process:
 
     ``exitcode`` is 0, 1 after an uncaught exception (whose traceback is printed to this process's
     stderr), ``n`` after ``sys.exit(n)``, and ``-N`` if the worker was killed by signal N. ``pid`` is
-    the worker process's, known once the call finished. At most ``max_workers`` Processes run at once;
-    the others wait for a free worker. ``terminate()`` and ``kill()`` are not supported.
+    the worker process's, known once the call finished. On the local backend every running Process has a
+    worker of its own (the pool grows), so Processes that wait for each other work as in the standard
+    library; on a Dask cluster at most as many run at once as it has slots, the others wait for one.
+    ``terminate()`` and ``kill()`` are not supported.
     """
 
     def __init__(
@@ -122,6 +124,9 @@ class Process:
         runner = _process_runner()
         task = runner.task(_bootstrap)
         task.__qualname__ = self._name  # names the call in records and errors
+        reserve = getattr(runner.fexec.backend, "reserve", None)
+        if reserve is not None:  # every running Process gets a worker: it may wait for another
+            reserve(len(_started) + 1)
         self._future = runner.submit(task, [(self,)])[0]
         _started.add(self)
         this = weakref.ref(self)  # the executor keeps the future: it must not keep a finished Process alive

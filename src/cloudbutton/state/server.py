@@ -162,6 +162,7 @@ class StateServer:
 
     def _config_text(self, appendonly: bool) -> str:
         lines = ["daemonize no", f"logfile {_quoted(self.log_path)}", f"dir {_quoted(self.data_dir or self.dir)}"]
+        lines += ["hz 100"]  # blocked commands time out within ~10 ms (the default 10 Hz gives ~100 ms)
         if self.port:
             lines += [f"port {self.port}", "bind 127.0.0.1", f"requirepass {self.password}"]
         else:
