@@ -10,7 +10,7 @@ import threading
 from concurrent.futures.process import BrokenProcessPool
 
 import pytest
-from calls import exit_on, wait_for
+from calls import exit_on, until, wait_for
 
 from cloudbutton import SerializationError, WorkerLostError
 from cloudbutton.concurrent import InitializerError, ServerlessExecutor, _Initializer
@@ -95,9 +95,13 @@ def test_map_raises_timeout_error_and_cancels_the_rest(executor, gate):
     assert len(futures) == 4
     with pytest.raises(TimeoutError):
         next(results)
-    assert [f.cancelled() for f in futures] == [True] * 4  # the one that timed out, and the calls not yet yielded
+    # as in the standard library: the calls not started are cancelled, those running run to the end
+    assert [f.cancelled() for f in futures] == [False, False, True, True]
     with pytest.raises(StopIteration):
         next(results)
+    with open(gate, "w"):
+        pass
+    assert [f.result(timeout=30) for f in futures[:2]] == [None, None]
 
 
 def test_futures_work_with_wait_and_as_completed(executor, gate):
@@ -155,13 +159,17 @@ def test_shutdown_without_wait_lets_the_calls_finish(isolated, gate):
     assert [f.result(timeout=30) for f in futures] == [0, 1, 2]
 
 
-def test_shutdown_cancel_futures_cancels_what_is_not_finished(isolated, gate):
+def test_shutdown_cancel_futures_cancels_what_has_not_started(isolated, gate):
     ex = ServerlessExecutor(max_workers=2)
     futures = [ex.submit(wait_for, gate, i) for i in range(4)]
+    until(lambda: futures[0].running() and futures[1].running(), "the first two calls to start")
     ex.shutdown(wait=False, cancel_futures=True)
-    assert all(f.cancelled() for f in futures)
+    assert [f.cancelled() for f in futures] == [False, False, True, True]  # as ProcessPoolExecutor
     with pytest.raises(cf.CancelledError):
         futures[3].result()
+    with open(gate, "w"):
+        pass
+    assert [f.result(timeout=30) for f in futures[:2]] == [0, 1]
 
 
 def test_context_manager_shuts_down(isolated):

@@ -136,17 +136,18 @@ def test_map_after_shutdown_is_refused():
 
 
 def test_a_cancelled_call_wakes_whoever_waits_for_it(fexec, gate):
-    futures = fexec.map(wait_for, [gate, gate, gate])
+    futures = fexec.map(wait_for, [gate] * 4)  # two run (one per worker), two wait for a worker
     assert futures[2].cancel() and futures[2].cancelled()
     assert cf.wait([futures[2]], timeout=30).done == {futures[2]}
     assert list(cf.as_completed([futures[2]], timeout=30)) == [futures[2]]
     # cancelled from another thread while a wait runs: the wait returns with it
-    threading.Timer(0.2, futures[1].cancel).start()
-    done, _ = fexec.wait(futures[:2], return_when=ANY_COMPLETED, timeout=30)
-    assert done == [futures[1]]
+    threading.Timer(0.2, futures[3].cancel).start()
+    done, _ = fexec.wait([futures[0], futures[3]], return_when=ANY_COMPLETED, timeout=30)
+    assert done == [futures[3]]
+    assert futures[0].running() and not futures[0].cancel()  # as in concurrent.futures
     with open(gate, "w"):
         pass
-    assert fexec.get_result(futures[0], timeout=30) is None
+    assert fexec.get_result(futures[:2], timeout=30) == [None, None]
 
 
 def test_shutdown_cancels_queued_calls_on_error():

@@ -178,9 +178,8 @@ class ServerlessExecutor(cf.Executor):
     ``**overrides`` are those of ``FunctionExecutor``.
 
     Differences from ProcessPoolExecutor: a worker that dies fails only the call it ran
-    (``WorkerLostError``), and the executor stays usable; ``shutdown(cancel_futures=True)`` also
-    cancels calls already running (their results are discarded); calls queued when an initializer
-    failed may still run on other workers, their results discarded.
+    (``WorkerLostError``), and the executor stays usable; calls queued when an initializer failed may
+    still run on other workers, their results discarded.
     """
 
     def __init__(

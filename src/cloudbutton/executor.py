@@ -20,7 +20,7 @@ from . import serialize, spill
 from .backends import get_backend_class
 from .config import resolve_config
 from .errors import CallError, MemoryLimitError, RemoteError, WorkerLostError
-from .futures import ALL_COMPLETED, DONE_STATES, ResponseFuture, as_list, get_result, settle, wait
+from .futures import ALL_COMPLETED, DONE_STATES, ResponseFuture, as_list, get_result, mark_running, settle, wait
 from .job import JobSpec, expand_objects, parameter_names, plan_calls
 from .stats import summary_rows, to_dataframe
 from .storage import default_storage_url
@@ -78,6 +78,9 @@ class _JobRun:
                 value, error = None, RemoteError(f"the result of call {name} cannot be loaded: {e!r}", name)
             outcomes.append((index, value, error))
         self.settle(outcomes)
+
+    def on_started(self, job: JobSpec, indices: list[int]) -> None:
+        mark_running([self.futures[index] for index in indices])
 
     def on_lost(self, job: JobSpec, index: int, error: CallError) -> None:
         future = self.futures[index]
@@ -461,8 +464,7 @@ class FunctionExecutor:
     # --- lifetime ---------------------------------------------------------------------------
 
     def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
-        """Stop: with ``cancel_futures`` cancel every call not finished (calls not started never run;
-        calls running run on, their results discarded); with ``wait`` wait for the rest.
+        """Stop: with ``cancel_futures`` cancel the calls not started yet; with ``wait`` wait for the rest.
 
         A job's stored data is removed once all its calls are settled; calls still running after a
         shutdown without ``wait`` keep theirs until they end."""
@@ -473,7 +475,7 @@ class FunctionExecutor:
             reducers_waiting = self._reducers_waiting
         if cancel_futures:
             for f in self.futures:
-                f.cancel()
+                f.cancel()  # refused by those running
             cancel = getattr(self.backend, "cancel", None)
             runs = {run.job.key: run for run in self._runs}
             for job, index in (cancel() if cancel else None) or ():

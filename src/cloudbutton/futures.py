@@ -47,16 +47,21 @@ class ResponseFuture(cf.Future):
             self._condition.wait_for(lambda: self._state in DONE_STATES, timeout)
 
     def cancel(self) -> bool:
-        """Cancel the call unless its outcome arrived: a call not started never runs, one already
-        running runs on and its result is discarded (a remote call cannot be interrupted)."""
+        """Cancel the call if it has not started: it never runs. As with ``concurrent.futures``, a call
+        running (handed to a worker) cannot be cancelled; on backends that do not tell when a call
+        starts (dask), cancelling one that runs discards its result."""
         if not super().cancel():
             return False
-        with self._condition:  # what an executor does when it drops a cancelled call: tell the waiters
+        self._notify_cancelled()
+        return True
+
+    def _notify_cancelled(self) -> None:
+        """What an executor does when it drops a cancelled call: tell the waiters."""
+        with self._condition:
             if self._state == cf_base.CANCELLED:
                 self._state = cf_base.CANCELLED_AND_NOTIFIED
                 for waiter in self._waiters:
                     waiter.add_cancelled(self)
-        return True
 
     def result(self, timeout: float | None = None) -> Any:
         self._wait_done(timeout)
@@ -76,6 +81,28 @@ class ResponseFuture(cf.Future):
 
     def __repr__(self) -> str:
         return f"<ResponseFuture {self.name} {self._state.lower()}>"
+
+
+def mark_running(futures: list[ResponseFuture]) -> None:
+    """The calls of these futures (of one job) were handed to a worker: they can no longer be cancelled."""
+    if not futures:
+        return
+    with futures[0]._condition:
+        for future in futures:
+            if future._state == cf_base.PENDING:
+                future._state = cf_base.RUNNING
+
+
+def discard(future: ResponseFuture) -> bool:
+    """Cancel a call even if it runs (its result is then discarded): ``Pool.terminate()``."""
+    with future._condition:
+        if future._state not in (cf_base.PENDING, cf_base.RUNNING):
+            return future._state in (cf_base.CANCELLED, cf_base.CANCELLED_AND_NOTIFIED)
+        future._state = cf_base.CANCELLED
+        future._condition.notify_all()
+    future._notify_cancelled()
+    future._invoke_callbacks()
+    return True
 
 
 def settle(outcomes: list[tuple[ResponseFuture, Any, BaseException | None]]) -> None:

@@ -259,7 +259,10 @@ class WorkerPool:
                 try:
                     w.send(batch)
                 except OSError:
-                    pass  # it died; its EOF is handled by the loop and the batch goes to another
+                    continue  # it died; its EOF is handled by the loop and the batch goes to another
+                started = getattr(batch.sink, "on_started", None)
+                if started is not None:
+                    started(batch.job, [index for index, _ in batch.calls])
 
     def _run(self) -> None:
         try:

@@ -14,6 +14,7 @@ from multiprocessing import TimeoutError  # the standard library's, which caller
 from typing import Any
 
 from ..concurrent import _chunks, _Runner
+from ..futures import discard
 
 __all__ = ["AsyncResult", "IMapIterator", "Pool"]
 
@@ -337,6 +338,8 @@ class Pool:
         self._state = _TERMINATE
         self._stopped.set()
         self._runner.shutdown(wait=False, cancel_futures=True)
+        for future in list(self._runner.fexec.futures):  # the standard Pool kills the tasks running too
+            discard(future)
         for item in list(self._outstanding):
             if isinstance(item, IMapIterator):
                 item._end()

@@ -74,9 +74,13 @@ def _process_runner():
 
 
 def _join_at_exit() -> None:
+    from ..futures import discard
+
     for process in list(_started):
         if not process.daemon:
             process.join()
+    for process in list(_started):  # daemons are terminated, as the standard library does
+        discard(process._future)
     _runner.shutdown(wait=False, cancel_futures=True)
 
 
