@@ -10,6 +10,7 @@ import redis
 from mp_store import finished, mp_store, no_orphans, run  # noqa: F401 - fixtures used by this module
 
 from cloudbutton import multiprocessing as mp
+from cloudbutton.errors import StateError
 from cloudbutton.multiprocessing import queues as mp_queues
 from cloudbutton.multiprocessing.managers import Manager, SyncManager
 from cloudbutton.multiprocessing.synchronize import Lock, RLock
@@ -195,6 +196,38 @@ def test_manager_value_stores_any_object_as_it_is():
         text.value = {"any": [1, 2.5]}
         assert pickle.loads(pickle.dumps(text)).value == {"any": [1, 2.5]}
         assert manager.Value("d", None).value is None
+
+
+def sort_and_cut(lst):
+    lst.sort(reverse=True)
+    del lst[::2]
+
+
+def test_list_proxy_has_the_standard_list_operations():
+    with Manager() as manager:
+        lst, plain = manager.list([3, 1, 2]), [3, 1, 2]
+        for change in (lambda x: x.sort(), lambda x: x.__setitem__(slice(1, 3), ["a"]),
+                       lambda x: x.__imul__(3), lambda x: x.__delitem__(slice(None, None, 2)),
+                       lambda x: x.sort(key=str, reverse=True), lambda x: x.__setitem__(slice(0, 0), [7, 8])):
+            change(lst)
+            change(plain)
+            assert list(lst) == plain
+        assert lst + [0] == plain + [0] and lst * 2 == plain * 2 and 2 * lst == 2 * plain
+        with pytest.raises(ValueError, match="extended slice"):
+            lst[::2] = [1, 2, 3, 4, 5, 6, 7]
+        assert list(lst) == plain  # a failed change leaves the list as it was
+        nums = manager.list(range(10))
+        assert finished(run(sort_and_cut, nums)) == [0]  # in another process, on the same list
+        assert list(nums) == [8, 6, 4, 2, 0]
+
+
+def test_proxies_cannot_be_used_after_shutdown():
+    manager = Manager()
+    d, lst, ns = manager.dict(a=1), manager.list([1]), manager.Namespace(x=1)
+    manager.shutdown()
+    for use in (lambda: d["a"], lambda: d.__setitem__("z", 1), lambda: list(lst), lambda: ns.x):
+        with pytest.raises(StateError, match="deleted"):
+            use()
 
 
 def test_shutdown_deletes_every_object_the_manager_made():

@@ -8,9 +8,15 @@ from any worker. ``shutdown()`` (or leaving its ``with`` block) deletes every ob
 
 from __future__ import annotations
 
+import pickle
+import weakref
+from collections.abc import Callable
 from typing import Any
 
+import redis
+
 from .. import state
+from ..state.objects import _dumps, _invalidate_local, _state_op
 from . import queues, synchronize, values
 from .synchronize import _collect, _finalize, _name, _Shared
 
@@ -25,11 +31,59 @@ class DictProxy(state.SharedDict):
 
 
 class ListProxy(state.SharedList):
-    """A list in the store (``Manager().list()``); see :class:`cloudbutton.state.SharedList` for what is atomic."""
+    """A list in the store (``Manager().list()``); see :class:`cloudbutton.state.SharedList` for what is
+    atomic. ``sort``, slice assignment and deletion, and ``*=`` rewrite the whole list atomically (retried
+    if another process changed it meanwhile); ``+`` and ``*`` return plain lists, as the standard
+    library's proxy does."""
+
+    @_state_op
+    def _rewrite(self, change: Callable[[list], list]) -> None:
+        """Replace the list by ``change(its items)``: an optimistic transaction (WATCH/MULTI/EXEC)."""
+        while True:
+            with self._r.pipeline() as p:
+                try:
+                    p.watch(self._key)
+                    items = change([pickle.loads(data) for data in p.lrange(self._key, 0, -1)])
+                    data = [_dumps(item, "a list item") for item in items]
+                    p.multi()
+                    p.delete(self._key)
+                    if data:
+                        p.rpush(self._key, *data)
+                    p.execute()
+                    break
+                except redis.WatchError:
+                    continue
+        _invalidate_local(self.url, self._keys())
+
+    def sort(self, *, key=None, reverse: bool = False) -> None:
+        self._rewrite(lambda items: sorted(items, key=key, reverse=reverse))
+
+    def __setitem__(self, index, value: Any) -> None:
+        if not isinstance(index, slice):
+            return super().__setitem__(index, value)
+        values = list(value)
+        self._rewrite(lambda items: (items.__setitem__(index, values), items)[1])
+
+    def __delitem__(self, index) -> None:
+        if not isinstance(index, slice):
+            return super().__delitem__(index)
+        self._rewrite(lambda items: (items.__delitem__(index), items)[1])
 
     def __iadd__(self, values) -> ListProxy:
         self.extend(values)
         return self
+
+    def __imul__(self, n: int) -> ListProxy:
+        self._rewrite(lambda items: items * n)
+        return self
+
+    def __add__(self, other) -> list:
+        return self.to_list() + other
+
+    def __mul__(self, n: int) -> list:
+        return self.to_list() * n
+
+    __rmul__ = __mul__
 
 
 class Namespace:
@@ -102,6 +156,7 @@ class SyncManager:
 
     def __init__(self, address=None, authkey=None, serializer="pickle", ctx=None, *, shutdown_timeout=1.0):
         self._objects: list = []  # what shutdown() deletes: the finalizers of what this manager made
+        self._proxies: weakref.WeakSet = weakref.WeakSet()  # dict, list, Namespace: unusable after shutdown()
         self._prune_at = 1024
         self._started = False
 
@@ -120,6 +175,8 @@ class SyncManager:
         objects, self._objects = self._objects, []
         for finalizer in objects:
             finalizer()
+        for proxy in list(self._proxies):  # their data was deleted through other handles: end these too
+            proxy._deleted = True
         self._started = False
 
     def join(self, timeout: float | None = None) -> None:
@@ -155,12 +212,12 @@ class SyncManager:
             self._prune_at = 2 * len(self._objects) + 1024
         return obj
 
-    @staticmethod
-    def _proxy(cls, kind: str):
+    def _proxy(self, cls, kind: str):
         """A new ``cls`` (a state object) deleted when it is finalized (by a second handle: the finalizer must
         not keep the proxy alive)."""
         proxy = cls(_name(kind))
         _finalize(proxy, (cls._from_handle(proxy.name, proxy.url),))
+        self._proxies.add(proxy)
         return proxy
 
     def dict(self, *args, **kwargs) -> DictProxy:
