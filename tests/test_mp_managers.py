@@ -2,6 +2,7 @@
 processes (after CPython's _test_multiprocessing.py)."""
 
 import ctypes
+import multiprocessing
 import pickle
 import queue
 
@@ -130,6 +131,23 @@ def test_array_indexing_and_slicing_like_ctypes():
     with pytest.raises(TypeError):
         arr[0] = "x"
     assert arr[:] == [0, 11, 0, 3, 0]
+
+
+def char_array_story(module) -> list:
+    a = module.Array("c", b"hello")
+    story = [a[:], a.value, a.raw, a[1], a[1:3]]
+    a.value = b"hi"
+    story += [a.value, a.raw]
+    a.raw = b"abcde"
+    story.append(a.value)
+    with pytest.raises(ValueError, match="too long"):
+        a.value = b"toolong"
+    b = module.RawArray("c", 3)
+    return [*story, b.raw, b.value]
+
+
+def test_char_arrays_read_and_write_bytes_like_the_standard_librarys():
+    assert char_array_story(mp) == char_array_story(multiprocessing)
 
 
 def test_raw_value_and_array_are_store_backed_and_picklable():

@@ -2,12 +2,14 @@
 _test_multiprocessing.py, _TestProcess)."""
 
 import multiprocessing
+import multiprocessing.connection
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import pytest
 from calls import wait_for
@@ -111,6 +113,20 @@ def test_exit_codes(how, code, printed, capsys):
     assert capsys.readouterr().err == printed
 
 
+def test_sentinel_is_ready_when_the_process_ends_and_close_ends_the_object():
+    p = mp.Process(target=leave, args=("exit-none",))
+    with pytest.raises(ValueError, match="not started"):
+        p.sentinel  # noqa: B018
+    p.start()
+    assert multiprocessing.connection.wait([p.sentinel], timeout=60) == [p.sentinel]
+    p.join()
+    p.close()
+    assert "closed" in repr(p)
+    for use in (p.is_alive, p.join, p.start, lambda: p.exitcode, lambda: p.pid, lambda: p.sentinel):
+        with pytest.raises(ValueError, match="process object is closed"):
+            use()
+
+
 def meet(barrier):
     barrier.wait()
 
@@ -197,12 +213,13 @@ def test_a_plain_script_waits_for_its_processes_at_exit_but_not_for_daemons(tmp_
             with open(path, "w") as f:
                 f.write("done")
 
-        def wait_forever(path):
-            while not os.path.exists(path + ".never"):
-                time.sleep(0.01)
+        def write_much_later(path):
+            time.sleep(1.0)
+            with open(path, "w") as f:
+                f.write("done")
 
         normal = mp.Process(target=write_later, args=(sys.argv[1] + "/normal",))
-        daemon = mp.Process(target=wait_forever, args=(sys.argv[1] + "/daemon",), daemon=True)
+        daemon = mp.Process(target=write_much_later, args=(sys.argv[1] + "/daemon",), daemon=True)
         # registered before cloudbutton's own exit handlers, so it runs after them
         atexit.register(lambda: print("exit codes at exit:", normal.exitcode, daemon.exitcode))
         normal.start()
@@ -216,6 +233,8 @@ def test_a_plain_script_waits_for_its_processes_at_exit_but_not_for_daemons(tmp_
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == f"main module done\nexit codes at exit: 0 {-signal.SIGTERM}\n"
     assert (tmp_path / "normal").read_text() == "done"  # joined at exit, as the standard library does
+    time.sleep(1.5)
+    assert not (tmp_path / "daemon").exists()  # the daemon was stopped at exit, not left to finish
 
 
 # --- module-level names -------------------------------------------------------------------------

@@ -148,16 +148,29 @@ def test_lock_is_released_by_another_thread_of_the_holding_process():
     lock.release()
 
 
-def test_a_pickled_copy_does_not_hold_the_lock():
+def test_a_pickled_copy_does_not_hold_the_lock_but_may_release_it():
     lock = Lock()
     lock.acquire()
     copy = pickle.loads(pickle.dumps(lock))
-    with pytest.raises(ValueError):
-        copy.release()
     assert copy.acquire(False) is False
-    lock.release()
+    copy.release()  # as in the standard library, any handle may release it
+    with pytest.raises(ValueError, match="released too many times"):
+        lock.release()  # it was released already
     assert copy.acquire(False) is True
+    assert lock.acquire(False) is False
     copy.release()
+
+
+def release(lock):
+    lock.release()
+
+
+def test_a_lock_acquired_here_is_released_by_another_process():
+    lock = Lock()
+    lock.acquire()
+    assert finished(run(release, lock)) == [0]
+    assert lock.acquire(False) is True
+    lock.release()
 
 
 def test_lock_excludes_across_processes():

@@ -220,6 +220,9 @@ class WorkerPool:
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout=2)  # so that no batch is being sent while we send the stops
         for w in self._workers:
+            if w.batch is not None:  # its calls' results are no longer wanted (abandoned, or daemon Processes)
+                w.proc.kill()
+                continue
             try:
                 w.conn.send_bytes(pickle.dumps((0, None, None)))
             except OSError:

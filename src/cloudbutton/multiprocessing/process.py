@@ -116,6 +116,13 @@ class Process:
         self._exitcode: int | None = None
         self._pid: int | None = None
         self._settle_lock = threading.Lock()
+        self._sentinel: int | None = None  # the read end of a pipe whose write end closes when the Process ends
+        self._close_sentinel: weakref.finalize | None = None
+        self._closed = False
+
+    def _check_closed(self) -> None:
+        if self._closed:
+            raise ValueError("process object is closed")
 
     def run(self) -> None:
         """What the Process does; subclasses may override it."""
@@ -123,6 +130,7 @@ class Process:
             self._target(*self._args, **self._kwargs)
 
     def start(self) -> None:
+        self._check_closed()
         if self._future is not None:
             raise AssertionError("cannot start a process twice")
         runner = _process_runner()
@@ -135,6 +143,9 @@ class Process:
         _started.add(self)
         this = weakref.ref(self)  # the executor keeps the future: it must not keep a finished Process alive
         self._future.add_done_callback(lambda _: (process := this()) is not None and process._settle())
+        read_end, write_end = os.pipe()
+        self._sentinel, self._close_sentinel = read_end, weakref.finalize(self, os.close, read_end)
+        self._future.add_done_callback(lambda _: os.close(write_end))  # the sentinel turns readable: EOF
 
     def _settle(self) -> None:
         """Record the exit code once the call is over (and print what the child would have printed)."""
@@ -158,6 +169,7 @@ class Process:
 
     def join(self, timeout: float | None = None) -> None:
         """Wait until the Process ends, or at most ``timeout`` seconds."""
+        self._check_closed()
         if self._future is None:
             raise AssertionError("can only join a started process")
         cf.wait([self._future], timeout)
@@ -167,10 +179,12 @@ class Process:
     def is_alive(self) -> bool:
         if self is _current:
             return True
+        self._check_closed()
         return self._future is not None and not self._future.done()
 
     @property
     def exitcode(self) -> int | None:
+        self._check_closed()
         if self._future is None or not self._future.done():
             return None
         self._settle()
@@ -178,9 +192,20 @@ class Process:
 
     @property
     def pid(self) -> int | None:
-        return os.getpid() if self is _current else self._pid
+        if self is _current:
+            return os.getpid()
+        self._check_closed()
+        return self._pid
 
     ident = pid
+
+    @property
+    def sentinel(self) -> int:
+        """A file descriptor that becomes ready when the Process ends (for ``multiprocessing.connection.wait``)."""
+        self._check_closed()
+        if self._sentinel is None:
+            raise ValueError("process not started")
+        return self._sentinel
 
     @property
     def name(self) -> str:
@@ -211,20 +236,29 @@ class Process:
     kill = terminate
 
     def close(self) -> None:
+        """Release the Process's resources; most of its methods raise ValueError from now on."""
+        if self._closed:
+            return
         if self.is_alive():
             raise ValueError("Cannot close a process while it is still running. You should first call join()")
+        if self._close_sentinel is not None:
+            self._close_sentinel()
+        _started.discard(self)
+        self._closed = True
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        for key in ("_future", "_settle_lock"):
+        for key in ("_future", "_settle_lock", "_sentinel", "_close_sentinel"):
             state.pop(key, None)
         return state
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state, _future=None, _settle_lock=threading.Lock())
+        self.__dict__.update(state, _future=None, _settle_lock=threading.Lock(), _sentinel=None, _close_sentinel=None)
 
     def __repr__(self) -> str:
-        if self._future is None:
+        if self._closed:
+            status = "closed"
+        elif self._future is None:
             status = "initial"
         elif self.exitcode is None:
             status = "started"

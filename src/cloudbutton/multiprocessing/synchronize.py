@@ -158,8 +158,8 @@ os.register_at_fork(after_in_child=_renewer._reset)  # a forked child holds none
 class Lock(_Shared):
     """``multiprocessing.Lock``: a non-recursive lock shared between processes.
 
-    Any thread of the process that acquired it may release it. Releasing it when this process does not
-    hold it raises ``ValueError`` (as releasing an unlocked standard-library Lock does). A holder whose
+    Any thread or process may release it, as in the standard library; releasing it when it is not held
+    raises ``ValueError``. A holder whose
     process dies (even by ``kill -9``), or that drops the object without releasing it (e.g. a Process that
     returns holding it), stops blocking others ``lease`` seconds later; a live holder keeps the lock as long
     as it likes (its lease is renewed in the background). ``lease`` is not a standard-library argument.
@@ -181,10 +181,15 @@ class Lock(_Shared):
 
     def release(self) -> None:
         handle, self._holder = self._holder, None  # cleared first: a new holder may set it right after
-        if handle is None:
-            raise ValueError(f"{_TOO_MANY}: {self!r} is not held by this process")
+        if handle is None:  # held by another process, maybe: the standard library lets any process release it
+            if not self._lock.release_any():
+                raise ValueError(f"{_TOO_MANY}: {self!r} is not held")
+            return
         _renewer.discard(handle)
-        handle.release()
+        try:
+            handle.release()
+        except LockNotHeldError:  # another process released it meanwhile
+            raise ValueError(f"{_TOO_MANY}: {self!r} is not held") from None
 
     def _is_mine(self) -> bool:
         return self._holder is not None

@@ -102,6 +102,35 @@ class _RawArray(_Shared):
         return f"<{self._type.__name__}_Array_{self._length} {self[:]!r}>"
 
 
+class _RawCharArray(_RawArray):
+    """An array of ``c_char`` (typecode ``'c'``): slices are bytes, and ``value`` (up to the first NUL)
+    and ``raw`` (every byte) read and write it as the standard library's ctypes array does."""
+
+    def __getitem__(self, index):
+        item = super().__getitem__(index)
+        return b"".join(item) if isinstance(index, slice) else item
+
+    @property
+    def raw(self) -> bytes:
+        return self[:]
+
+    @raw.setter
+    def raw(self, data: bytes) -> None:
+        if len(data) > self._length:
+            raise ValueError("byte string too long")
+        self[: len(data)] = data
+
+    @property
+    def value(self) -> bytes:
+        return self.raw.split(b"\0", 1)[0]
+
+    @value.setter
+    def value(self, data: bytes) -> None:
+        if len(data) > self._length:
+            raise ValueError("byte string too long")
+        self.raw = data + b"\0" if len(data) < self._length else data
+
+
 def RawValue(typecode_or_type, *args) -> _RawValue:  # noqa: N802 - the standard library's name
     """A value on the server, without a lock."""
     return _RawValue(_ctype(typecode_or_type), *args)
@@ -109,7 +138,8 @@ def RawValue(typecode_or_type, *args) -> _RawValue:  # noqa: N802 - the standard
 
 def RawArray(typecode_or_type, size_or_initializer) -> _RawArray:  # noqa: N802 - the standard library's name
     """An array on the server, without a lock."""
-    return _RawArray(_ctype(typecode_or_type), size_or_initializer)
+    ctype = _ctype(typecode_or_type)
+    return (_RawCharArray if ctype is ctypes.c_char else _RawArray)(ctype, size_or_initializer)
 
 
 def _lock_for(lock):
@@ -177,6 +207,28 @@ class SynchronizedArray(_Synchronized):
         return iter(self[:])
 
 
+class SynchronizedString(SynchronizedArray):
+    @property
+    def value(self) -> bytes:
+        with self._lock:
+            return self._obj.value
+
+    @value.setter
+    def value(self, data: bytes) -> None:
+        with self._lock:
+            self._obj.value = data
+
+    @property
+    def raw(self) -> bytes:
+        with self._lock:
+            return self._obj.raw
+
+    @raw.setter
+    def raw(self, data: bytes) -> None:
+        with self._lock:
+            self._obj.raw = data
+
+
 def Value(typecode_or_type, *args, lock=True):  # noqa: N802 - the standard library's name
     """A value shared through the state store; ``lock``: True (a new RLock), False (no lock) or a lock."""
     obj = RawValue(typecode_or_type, *args)
@@ -186,4 +238,6 @@ def Value(typecode_or_type, *args, lock=True):  # noqa: N802 - the standard libr
 def Array(typecode_or_type, size_or_initializer, *, lock=True):  # noqa: N802 - the standard library's name
     """An array shared through the state store; ``lock``: True (a new RLock), False (no lock) or a lock."""
     obj = RawArray(typecode_or_type, size_or_initializer)
-    return obj if lock is False else SynchronizedArray(obj, _lock_for(lock))
+    if lock is False:
+        return obj
+    return (SynchronizedString if isinstance(obj, _RawCharArray) else SynchronizedArray)(obj, _lock_for(lock))

@@ -115,6 +115,13 @@ redis.call('PEXPIRE', KEYS[2], ARGV[2])
 return 1
 """
 
+_LOCK_RELEASE_ANY = """
+if redis.call('DEL', KEYS[1]) == 0 then return 0 end
+redis.call('RPUSH', KEYS[2], '1')
+redis.call('PEXPIRE', KEYS[2], ARGV[1])
+return 1
+"""
+
 _LOCK_RENEW = """
 local holder = redis.call('GET', KEYS[1])
 if holder ~= ARGV[1] then
@@ -184,6 +191,12 @@ class Lock(_SyncObject):
         done = run_script(self._r, _LOCK_RELEASE, [self._key, self._aux("wake")], [token or "", _WAKE_TTL_MS])
         self._forget(token)  # released or lost either way
         self._check_held(done, token, "release")
+
+    @_state_op
+    def release_any(self) -> bool:
+        """Release the lock whoever holds it (``multiprocessing.Lock`` lets any process release it); wake
+        one waiter. False if it was not held. The holder finds out when it renews or releases."""
+        return run_script(self._r, _LOCK_RELEASE_ANY, [self._key, self._aux("wake")], [_WAKE_TTL_MS]) == 1
 
     @_state_op
     def renew(self) -> None:
