@@ -2,11 +2,13 @@
 (after CPython's test_concurrent_futures)."""
 
 import concurrent.futures as cf
+import gc
 import os
 import signal
 import subprocess
 import sys
 import threading
+import weakref
 from concurrent.futures.process import BrokenProcessPool
 
 import pytest
@@ -239,3 +241,14 @@ def test_the_interpreter_waits_at_exit_for_calls_of_an_executor_not_shut_down(is
     )
     subprocess.run([sys.executable, "-c", script], timeout=120, check=True, cwd=isolated)
     assert out.read_text() == "done"  # as ProcessPoolExecutor: pending calls finish before the exit
+
+
+def test_an_executor_dropped_without_shutdown_is_freed_once_its_calls_are_done(isolated):
+    refs = []
+    for _ in range(3):
+        ex = ServerlessExecutor(max_workers=2)
+        assert ex.submit(mul, 3, 3).result(timeout=60) == 9
+        refs.append(weakref.ref(ex.executor))
+        del ex
+    gc.collect()
+    assert [r() for r in refs] == [None, None, None]

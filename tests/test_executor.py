@@ -8,7 +8,7 @@ import threading
 import time
 
 import pytest
-from calls import wait_for
+from calls import until, wait_for
 
 import cloudbutton
 from cloudbutton import ALL_COMPLETED, ALWAYS, ANY_COMPLETED, FunctionExecutor
@@ -148,6 +148,24 @@ def test_a_cancelled_call_wakes_whoever_waits_for_it(fexec, gate):
     with open(gate, "w"):
         pass
     assert fexec.get_result(futures[:2], timeout=30) == [None, None]
+
+
+def touch_then_wait(path, gate=None):
+    open(path, "w").close()
+    if gate is not None:
+        wait_for(gate)
+
+
+def test_a_call_cancelled_before_it_starts_never_runs(tmp_path, gate):
+    paths = [str(tmp_path / f"ran-{i}") for i in range(3)]
+    with FunctionExecutor(max_workers=1) as fexec:
+        futures = fexec.map(touch_then_wait, [(paths[0], gate), (paths[1],), (paths[2],)], chunksize=1)
+        until(lambda: futures[0].running(), "the first call to start")
+        assert futures[2].cancel() and not futures[0].cancel()
+        with open(gate, "w"):
+            pass
+        assert fexec.get_result(futures[:2], timeout=30) == [None, None]
+    assert sorted(os.listdir(tmp_path)) == ["gate", "ran-0", "ran-1"]
 
 
 def test_shutdown_cancels_queued_calls_on_error():

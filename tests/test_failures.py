@@ -1,5 +1,6 @@
 """Every failure a user can hit, provoked for real on the local backend."""
 
+import concurrent.futures as cf
 import ctypes
 import os
 import signal
@@ -7,7 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
-from calls import CustomError, exit_on, fail_on, sleep_for
+from calls import CustomError, exit_on, fail_on, sleep_for, until, wait_for
 
 from cloudbutton import (
     CallTimeoutError,
@@ -110,6 +111,19 @@ def test_retries_exhausted_raise_worker_lost(fexec, tmp_path):
     with pytest.raises(WorkerLostError) as info:
         fexec.get_result(futures)
     assert futures[0].attempts == 2 and "tried 2 times" in "\n".join(info.value.__notes__)
+
+
+def test_shutdown_cancelling_calls_cancels_a_retry_waiting_for_a_worker(tmp_path, gate):
+    fexec = FunctionExecutor(max_workers=1, retries=2)
+    crashing = fexec.call_async(crash_first_attempts, (str(tmp_path), 0, 1))
+    blocker = fexec.call_async(wait_for, gate)
+    until(lambda: crashing.attempts == 2 and blocker.running(), "the retry to wait behind the blocker")
+    fexec.shutdown(wait=False, cancel_futures=True)
+    assert crashing.cancelled()  # not a success with None: it never ran again
+    with pytest.raises(cf.CancelledError):
+        crashing.result(timeout=30)
+    Path(gate).touch()
+    assert blocker.result(timeout=30) is None  # running: not cancelled
 
 
 def test_call_timeout_stops_the_call_and_replaces_its_worker(fexec):

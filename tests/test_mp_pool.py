@@ -11,7 +11,7 @@ import time
 import weakref
 
 import pytest
-from calls import wait_for
+from calls import until, wait_for
 
 from cloudbutton import SerializationError, WorkerLostError
 from cloudbutton import multiprocessing as mp
@@ -336,6 +336,21 @@ def test_terminate_stops_reading_an_endless_input(isolated):
 def exit_after(n):
     yield from range(n)
     raise SystemExit(5)
+
+
+def write_later(path):
+    time.sleep(1.0)
+    open(path, "w").close()
+
+
+def test_terminate_stops_the_tasks_running(isolated, tmp_path):
+    with mp.Pool(1) as p:  # leaving the block terminates the pool
+        result = p.apply_async(write_later, (str(tmp_path / "late"),))
+        until(lambda: result._futures and result._futures[0].running(), "the task to start")
+    with mp.Pool(1) as p:  # the worker it ran on was stopped and replaced: the next pool can use it
+        assert p.apply(sqr, (3,)) == 9
+    time.sleep(1.5)
+    assert not (tmp_path / "late").exists()
 
 
 def test_imap_input_raising_a_base_exception_ends_the_results(pool):

@@ -142,6 +142,20 @@ def test_more_processes_than_cpus_that_wait_for_each_other_all_run_at_once(embed
     assert [p.exitcode for p in processes] == [0] * n
 
 
+def test_processes_started_by_several_threads_at_once_all_get_a_worker(embedded_server):
+    n = mp.cpu_count() + 3
+    barrier = mp.Barrier(n, timeout=60)
+    processes = [mp.Process(target=meet, args=(barrier,)) for _ in range(n)]
+    threads = [threading.Thread(target=p.start) for p in processes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for p in processes:
+        p.join(timeout=90)
+    assert [p.exitcode for p in processes] == [0] * n
+
+
 def test_a_dead_worker_does_not_stop_other_processes(tmp_path):
     out = tmp_path / "out"
     dying = mp.Process(target=leave, args=("kill-9",))

@@ -18,6 +18,7 @@ import os
 import secrets
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -190,6 +191,7 @@ class ServerlessExecutor(cf.Executor):
             raise ValueError("max_workers must be greater than 0")
         self._runner = _Runner(max_workers, initializer, initargs, backend, config, **overrides)
         _finish_at_exit(self._runner)
+        weakref.finalize(self, _forget_when_done, self._runner)
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> cf.Future:
         """Run ``fn(*args, **kwargs)`` once; return its future."""
@@ -232,6 +234,15 @@ def _finish_at_exit(runner: _Runner) -> None:
     atexit.unregister(_wait_for_open_runners)
     atexit.register(_wait_for_open_runners)
     _open_runners.add(runner)
+
+
+def _forget_when_done(runner: _Runner) -> None:
+    """An executor was dropped without shutdown: its calls still finish (and are waited for at exit),
+    then its runner is forgotten, so that its memory is freed."""
+    from .executor import _when_all_done
+
+    pending = [f for f in runner.fexec.futures if not f.done()]
+    _when_all_done(pending, lambda: _open_runners.discard(runner))
 
 
 def _wait_for_open_runners() -> None:

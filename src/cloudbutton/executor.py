@@ -20,7 +20,17 @@ from . import serialize, spill
 from .backends import get_backend_class
 from .config import resolve_config
 from .errors import CallError, MemoryLimitError, RemoteError, WorkerLostError
-from .futures import ALL_COMPLETED, DONE_STATES, ResponseFuture, as_list, get_result, mark_running, settle, wait
+from .futures import (
+    ALL_COMPLETED,
+    DONE_STATES,
+    ResponseFuture,
+    as_list,
+    discard,
+    get_result,
+    mark_running,
+    settle,
+    wait,
+)
 from .job import JobSpec, expand_objects, parameter_names, plan_calls
 from .stats import summary_rows, to_dataframe
 from .storage import default_storage_url
@@ -79,8 +89,11 @@ class _JobRun:
             outcomes.append((index, value, error))
         self.settle(outcomes)
 
-    def on_started(self, job: JobSpec, indices: list[int]) -> None:
-        mark_running([self.futures[index] for index in indices])
+    def on_started(self, job: JobSpec, indices: list[int]) -> list[int]:
+        running = mark_running([self.futures[index] for index in indices])
+        dropped = [(index, None, None) for index, run in zip(indices, running, strict=True) if not run]
+        self.settle(dropped)  # cancelled before they started: they never run
+        return [index for index, run in zip(indices, running, strict=True) if run]
 
     def on_lost(self, job: JobSpec, index: int, error: CallError) -> None:
         future = self.futures[index]
@@ -479,7 +492,8 @@ class FunctionExecutor:
             cancel = getattr(self.backend, "cancel", None)
             runs = {run.job.key: run for run in self._runs}
             for job, index in (cancel() if cancel else None) or ():
-                if job.key in runs:  # dropped before it ran: settled (its future is cancelled)
+                if job.key in runs:  # dropped before it ran (a retry's future is running: cancel it too)
+                    discard(runs[job.key].futures[index])
                     runs[job.key].settle([(index, None, None)])
         if wait:
             self.wait(throw_except=False, show_progressbar=False)

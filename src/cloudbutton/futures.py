@@ -83,14 +83,17 @@ class ResponseFuture(cf.Future):
         return f"<ResponseFuture {self.name} {self._state.lower()}>"
 
 
-def mark_running(futures: list[ResponseFuture]) -> None:
-    """The calls of these futures (of one job) were handed to a worker: they can no longer be cancelled."""
+def mark_running(futures: list[ResponseFuture]) -> list[bool]:
+    """The calls of these futures (of one job) go to a worker now: those pending or running (a retry)
+    count as running from now on, and can no longer be cancelled. Returns which are (the others are
+    done: cancelled meanwhile, and must not run)."""
     if not futures:
-        return
+        return []
     with futures[0]._condition:
         for future in futures:
             if future._state == cf_base.PENDING:
                 future._state = cf_base.RUNNING
+        return [future._state == cf_base.RUNNING for future in futures]
 
 
 def discard(future: ResponseFuture) -> bool:

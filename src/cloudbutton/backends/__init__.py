@@ -39,8 +39,9 @@ class ResultSink(Protocol):
     def on_lost(self, job: JobSpec, index: int, error: CallError) -> None:
         """A call did not finish: its worker died or it exceeded its timeout."""
 
-    def on_started(self, job: JobSpec, indices: list[int]) -> None:
-        """Optional: these calls were handed to a worker (they can no longer be cancelled)."""
+    def on_started(self, job: JobSpec, indices: list[int]) -> list[int]:
+        """Optional, called before calls go to a worker: returns those of ``indices`` still wanted (not
+        cancelled), which from now on count as running (they can no longer be cancelled)."""
 
 
 class Backend(abc.ABC):

@@ -85,6 +85,7 @@ class _Worker:
         self.batch: _Batch | None = None
         self.batches_sent = 0
         self.retiring = False  # replace it once its batch is done (it hit a memory limit)
+        self.aborted = False  # killed on purpose: its death says nothing about the environment
         self.delivered = False
 
     def send(self, batch: _Batch) -> None:
@@ -205,6 +206,15 @@ class WorkerPool:
                 queued.calls.clear()  # a batch of it coming back from a dead worker must not bring these back
         return dropped
 
+    def abort(self, job_keys: set[str]) -> None:
+        """Kill the workers running calls of these jobs (``Pool.terminate()``); the dispatcher replaces
+        them. Their calls are not run again: their futures are cancelled already."""
+        for w in list(self._workers):
+            batch = w.batch
+            if batch is not None and batch.job.key in job_keys:
+                w.aborted = True
+                w.proc.kill()
+
     def grow(self, size: int) -> None:
         """Have at least ``size`` workers from now on."""
         with self._lock:
@@ -255,17 +265,28 @@ class WorkerPool:
 
     def _dispatch(self) -> None:
         for w in self._workers:
-            if w.batch is None:
+            while w.batch is None:
                 batch = self._next_batch()
                 if batch is None:
                     return
+                if not self._claim(batch):
+                    continue  # every call of it was cancelled meanwhile
                 try:
                     w.send(batch)
                 except OSError:
-                    continue  # it died; its EOF is handled by the loop and the batch goes to another
-                started = getattr(batch.sink, "on_started", None)
-                if started is not None:
-                    started(batch.job, [index for index, _ in batch.calls])
+                    pass  # it died; its EOF is handled by the loop and the batch goes to another
+
+    @staticmethod
+    def _claim(batch: _Batch) -> bool:
+        """Tell the sink the batch's calls start; keep those it still wants (not cancelled). False if none."""
+        started = getattr(batch.sink, "on_started", None)
+        if started is None:
+            return True
+        wanted = set(started(batch.job, [index for index, _ in batch.calls]))
+        if len(wanted) < len(batch.calls):
+            batch.queued.in_flight -= len(batch.calls) - len(wanted)
+            batch.calls = [call for call in batch.calls if call[0] in wanted]
+        return bool(batch.calls)
 
     def _run(self) -> None:
         try:
@@ -385,7 +406,7 @@ class WorkerPool:
         batch = w.batch
         position, _ = w.running()
         w.progress.close()
-        if position is None and not w.delivered:  # it died before running anything
+        if position is None and not w.delivered and not w.aborted:  # it died before running anything
             self._start_failures += 1
             if self._start_failures > 3 * self.size:  # they all do: the environment is broken
                 raise BackendError(f"local worker processes exit as soon as they start (last one {w.exit_reason()})")
@@ -440,33 +461,54 @@ def close_pools() -> None:
 class LocalBackend(Backend):
     def __init__(self, config):
         super().__init__(config)
-        self.pool = shared_pool(config.max_workers or os.cpu_count() or 1)
+        self.size = config.max_workers or os.cpu_count() or 1
+        self._pool: WorkerPool | None = None  # made at first use: reserve() may want one of its own
         self._own_pool = False
+        self._lock = threading.Lock()
         self._jobs: set[str] = set()
+
+    @property
+    def pool(self) -> WorkerPool:
+        """The shared pool of this size (or this backend's own, after ``reserve``); a new one if it broke."""
+        with self._lock:
+            if self._pool is None or self._pool.broken:
+                size = self.size if self._pool is None else self._pool.size
+                if self._own_pool:
+                    with _pools_lock:
+                        _private_pools.discard(self._pool)
+                    self._pool = _private_pool(size)
+                else:
+                    self._pool = shared_pool(size)
+            return self._pool
 
     def reserve(self, calls: int) -> None:
         """Let ``calls`` calls run at once, whatever ``max_workers`` says: each running
         ``multiprocessing.Process`` needs a worker of its own, as it may wait for another. Call it
         before submitting anything: the backend moves to a pool of its own, which grows."""
-        if not self._own_pool:
-            self.pool, self._own_pool = _private_pool(max(calls, self.pool.size)), True
-        self.pool.grow(calls)
+        with self._lock:
+            if not self._own_pool:
+                self._pool, self._own_pool = _private_pool(max(calls, self.size)), True
+            pool = self._pool
+        pool.grow(calls)
 
     def close(self) -> None:
-        if self._own_pool:
+        if self._own_pool and self._pool is not None:
             with _pools_lock:
-                _private_pools.discard(self.pool)
-            self.pool.close()
+                _private_pools.discard(self._pool)
+            self._pool.close()
 
     @property
     def workers(self) -> int:
-        return self.pool.size
+        return self.size if self._pool is None else self._pool.size
 
     def submit(self, job, calls, sink) -> None:
         self._jobs.add(job.key)
-        if self.pool.broken:
-            self.pool = _private_pool(self.pool.size) if self._own_pool else shared_pool(self.pool.size)
         self.pool.submit(job, calls, sink)
 
     def cancel(self) -> list[tuple[JobSpec, int]]:
-        return self.pool.cancel(self._jobs)
+        return [] if self._pool is None else self._pool.cancel(self._jobs)
+
+    def abort(self) -> None:
+        """Stop the calls of this backend's jobs that are running (their workers are replaced)."""
+        if self._pool is not None:
+            self._pool.abort(self._jobs)

@@ -340,6 +340,9 @@ class Pool:
         self._runner.shutdown(wait=False, cancel_futures=True)
         for future in list(self._runner.fexec.futures):  # the standard Pool kills the tasks running too
             discard(future)
+        abort = getattr(self._runner.fexec.backend, "abort", None)
+        if abort is not None:
+            abort()
         for item in list(self._outstanding):
             if isinstance(item, IMapIterator):
                 item._end()

@@ -137,10 +137,11 @@ class Process:
         task = runner.task(_bootstrap)
         task.__qualname__ = self._name  # names the call in records and errors
         reserve = getattr(runner.fexec.backend, "reserve", None)
-        if reserve is not None:  # every running Process gets a worker: it may wait for another
-            reserve(len(_started) + 1)
-        self._future = runner.submit(task, [(self,)])[0]
-        _started.add(self)
+        with _runner_lock:  # Processes started by several threads at once count each other
+            if reserve is not None:  # every running Process gets a worker: it may wait for another
+                reserve(len(_started) + 1)
+            self._future = runner.submit(task, [(self,)])[0]
+            _started.add(self)
         this = weakref.ref(self)  # the executor keeps the future: it must not keep a finished Process alive
         self._future.add_done_callback(lambda _: (process := this()) is not None and process._settle())
         read_end, write_end = os.pipe()
