@@ -4,6 +4,8 @@
    its first item to its last.
 2. ``Lock``-protected ``Value`` increments: P Processes start together (at a ``Barrier``) and each runs
    ``with v.get_lock(): v.value += 1`` M times; the rate is all increments over the slowest Process's time.
+3. Short timed waits that expire (``Event.wait(0)``, ``Event.wait(0.01)``, ``Queue.get(timeout=0.01)``):
+   how long each takes, next to the timeout asked for.
 
 Ours go through the state server (embedded Valkey on a unix socket: a few round trips per operation);
 the standard library's through pipes and shared memory, so expect ours to be much slower. The figures are
@@ -72,19 +74,45 @@ def increment_rate(mp, m: int) -> float:
     return PROCESSES * m / slowest
 
 
-def cloudbutton_mp():
-    """``cloudbutton.multiprocessing`` with the shared objects of this change (until they are exported)."""
-    import types
+def timed_waits(mp, repeats: int = 20) -> dict[str, float]:
+    """Median seconds of a timed wait that expires, for each kind."""
+    event, q = mp.Event(), mp.Queue()
 
-    from cloudbutton import multiprocessing as cmp
-    from cloudbutton.multiprocessing import queues, synchronize, values
+    def get_nothing():
+        try:
+            q.get(timeout=0.01)
+        except Exception:  # queue.Empty
+            pass
 
-    return types.SimpleNamespace(Process=cmp.Process, Queue=queues.Queue, Barrier=synchronize.Barrier,
-                                 Value=values.Value)
+    waits = {"Event.wait(0)": lambda: event.wait(0), "Event.wait(0.01)": lambda: event.wait(0.01),
+             "Queue.get(timeout=0.01)": get_nothing}
+    out = {}
+    for name, wait in waits.items():
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            wait()
+            times.append(time.perf_counter() - start)
+        out[name] = median(times)
+    return out
+
+
+def compare_waits() -> str:
+    from cloudbutton import multiprocessing as ours_mp
+
+    timed_waits(ours_mp, 2)  # warm-up: the state server and its connections
+    ours, stdlib = timed_waits(ours_mp), timed_waits(multiprocessing)
+    print("\nShort timed waits that expire (20 each, medians)")
+    for name in ours:
+        print(f"   {name:<24}: cloudbutton {ours[name] * 1e3:7.2f} ms, stdlib {stdlib[name] * 1e3:7.2f} ms")
+    return "timed waits (ms, cloudbutton vs stdlib): " + ", ".join(
+        f"{name} {ours[name] * 1e3:.1f} vs {stdlib[name] * 1e3:.1f}" for name in ours
+    )
 
 
 def compare(title: str, measure, arg: int, unit: str) -> str:
-    ours_mp = cloudbutton_mp()
+    from cloudbutton import multiprocessing as ours_mp
+
     measure(ours_mp, max(arg // 10, 2))  # warm-up: workers, connections, scripts
     measure(multiprocessing, max(arg // 10, 2))
     ours, stdlib = [], []
@@ -106,6 +134,7 @@ def main() -> None:
     summary = [
         compare(f"Queue: {n} items from one Process to another", queue_rate, n, "items/s"),
         compare(f"Value += 1 under get_lock(), {PROCESSES} Processes x {m}", increment_rate, m, "increments/s"),
+        compare_waits(),
     ]
     print("\nsummary:\n   " + "\n   ".join(summary))
 
