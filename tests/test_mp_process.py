@@ -131,26 +131,20 @@ def meet(barrier):
     barrier.wait()
 
 
-def test_more_processes_than_cpus_that_wait_for_each_other_all_run_at_once(embedded_server):
+@pytest.mark.parametrize("started_by", ["one thread", "a thread each"])
+def test_more_processes_than_cpus_that_wait_for_each_other_all_run_at_once(embedded_server, started_by):
     n = mp.cpu_count() + 2
     barrier = mp.Barrier(n, timeout=60)  # passes only if all n Processes run at the same time
     processes = [mp.Process(target=meet, args=(barrier,)) for _ in range(n)]
-    for p in processes:
-        p.start()
-    for p in processes:
-        p.join(timeout=90)
-    assert [p.exitcode for p in processes] == [0] * n
-
-
-def test_processes_started_by_several_threads_at_once_all_get_a_worker(embedded_server):
-    n = mp.cpu_count() + 3
-    barrier = mp.Barrier(n, timeout=60)
-    processes = [mp.Process(target=meet, args=(barrier,)) for _ in range(n)]
-    threads = [threading.Thread(target=p.start) for p in processes]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    if started_by == "one thread":
+        for p in processes:
+            p.start()
+    else:  # started at once: they must count each other
+        threads = [threading.Thread(target=p.start) for p in processes]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
     for p in processes:
         p.join(timeout=90)
     assert [p.exitcode for p in processes] == [0] * n

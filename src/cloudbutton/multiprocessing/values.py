@@ -207,16 +207,8 @@ class SynchronizedArray(_Synchronized):
         return iter(self[:])
 
 
-class SynchronizedString(SynchronizedArray):
-    @property
-    def value(self) -> bytes:
-        with self._lock:
-            return self._obj.value
-
-    @value.setter
-    def value(self, data: bytes) -> None:
-        with self._lock:
-            self._obj.value = data
+class SynchronizedString(Synchronized, SynchronizedArray):
+    """A char array with its lock: ``value`` (from ``Synchronized``), ``raw``, and the array's items."""
 
     @property
     def raw(self) -> bytes:
