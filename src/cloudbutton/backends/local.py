@@ -181,6 +181,7 @@ class WorkerPool:
         self.broken = False  # its dispatcher failed: calls submitted from now on go to a new pool
         self._start_failures = 0
         self._wanted = size  # grow() raises it; the dispatcher thread starts the workers
+        self._aborting: set[str] = set()  # keys of jobs whose running calls abort() stops
         self._workers = [_Worker() for _ in range(size)]
         self._thread = threading.Thread(target=self._run, name="cloudbutton-local-pool", daemon=True)
         self._thread.start()
@@ -207,13 +208,12 @@ class WorkerPool:
         return dropped
 
     def abort(self, job_keys: set[str]) -> None:
-        """Kill the workers running calls of these jobs (``Pool.terminate()``); the dispatcher replaces
-        them. Their calls are not run again: their futures are cancelled already."""
-        for w in list(self._workers):
-            batch = w.batch
-            if batch is not None and batch.job.key in job_keys:
-                w.aborted = True
-                w.proc.kill()
+        """Kill the workers running calls of these jobs (``Pool.terminate()``), in the dispatcher thread
+        (which knows what each worker runs), and replace them. Their calls do not run again: their
+        futures are cancelled already."""
+        with self._lock:
+            self._aborting |= job_keys
+        self._wake()
 
     def grow(self, size: int) -> None:
         """Have at least ``size`` workers from now on."""
@@ -317,6 +317,13 @@ class WorkerPool:
             while len(self._workers) < self._wanted:
                 self._workers.append(_Worker())
                 self.size = len(self._workers)
+            if self._aborting:
+                with self._lock:
+                    aborting, self._aborting = self._aborting, set()
+                for w in self._workers:
+                    if w.batch is not None and w.batch.job.key in aborting:
+                        w.aborted = True
+                        w.proc.kill()  # its end of the socket closes: the loop replaces it
             self._dispatch()
             timeout = self._until_next_deadline()
             ready = wait([w.sock for w in self._workers] + [self._wake_r], timeout)

@@ -159,10 +159,10 @@ class Lock(_Shared):
     """``multiprocessing.Lock``: a non-recursive lock shared between processes.
 
     Any thread or process may release it, as in the standard library; releasing it when it is not held
-    raises ``ValueError``. A holder whose
-    process dies (even by ``kill -9``), or that drops the object without releasing it (e.g. a Process that
-    returns holding it), stops blocking others ``lease`` seconds later; a live holder keeps the lock as long
-    as it likes (its lease is renewed in the background). ``lease`` is not a standard-library argument.
+    raises ``ValueError``. A holder whose process dies (even by ``kill -9``), or that drops the object
+    without releasing it (e.g. a Process that returns holding it), stops blocking others ``lease`` seconds
+    later; a live holder keeps the lock as long as it likes (its lease is renewed in the background).
+    ``lease`` is not a standard-library argument.
     """
 
     def __init__(self, *, lease: float = LEASE):
