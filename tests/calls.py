@@ -1,5 +1,6 @@
 """Functions the tests run as calls, and small helpers, shared by the test files."""
 
+import enum
 import os
 import time
 import uuid
@@ -64,3 +65,10 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class Color(enum.Enum):
+    """An Enum importable by workers (SharedDict keys)."""
+
+    RED = 1
+    GREEN = 2

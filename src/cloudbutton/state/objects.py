@@ -40,8 +40,10 @@ Set per handle with ``consistency=`` and ``replicas=``:
 
 from __future__ import annotations
 
+import enum
 import functools
 import hashlib
+import importlib
 import math
 import operator
 import os
@@ -710,12 +712,28 @@ def run_script(r: redis.Redis | redis.client.Pipeline, source: str, keys: list, 
     return script(keys=keys, args=args, client=r)
 
 
-_KEY_TYPES = "str, bytes, int, float, bool, None or a tuple of these"
+_KEY_TYPES = "str, bytes, int, float, bool, None, an Enum member, or a tuple or frozenset of these"
+
+
+def _joined(parts: Iterable[bytes]) -> bytes:
+    return b"".join(b"%d:" % len(part) + part for part in parts)
+
+
+def _split(body: bytes) -> list[bytes]:
+    parts, at = [], 0
+    while at < len(body):
+        colon = body.index(b":", at)
+        end = colon + 1 + int(body[at:colon])
+        parts.append(body[colon + 1 : end])
+        at = end
+    return parts
 
 
 def _encode_key(key: Any) -> bytes:
     """The hash field of a SharedDict key: one canonical encoding per set of equal keys, the same in every
     process (so 1, 1.0 and True are one field, as in a dict; no pickles, whose bytes vary)."""
+    if isinstance(key, enum.Enum) and not isinstance(key, (str, int, float)):  # IntEnum etc. equal their values
+        return b"e" + f"{type(key).__module__}:{type(key).__qualname__}:{key.name}".encode()
     if isinstance(key, str):
         return b"s" + key.encode("utf-8", "surrogatepass")
     if isinstance(key, bytes):
@@ -727,8 +745,9 @@ def _encode_key(key: Any) -> bytes:
             return b"f" + repr(key).encode()  # nan and the infinities too
         return b"i" + str(int(key)).encode()
     if isinstance(key, tuple):
-        parts = [_encode_key(item) for item in key]
-        return b"t" + b"".join(b"%d:" % len(part) + part for part in parts)
+        return b"t" + _joined(_encode_key(item) for item in key)
+    if isinstance(key, frozenset):  # in a canonical order: equal sets iterate in different orders
+        return b"F" + _joined(sorted(_encode_key(item) for item in key))
     raise TypeError(f"SharedDict keys must be {_KEY_TYPES}, not {type(key).__name__}")
 
 
@@ -745,13 +764,19 @@ def _decode_key(field: bytes) -> Any:
     if kind == b"f":
         return float(body)
     if kind == b"t":
-        items, at = [], 0
-        while at < len(body):
-            colon = body.index(b":", at)
-            end = colon + 1 + int(body[at:colon])
-            items.append(_decode_key(body[colon + 1:end]))
-            at = end
-        return tuple(items)
+        return tuple(_decode_key(part) for part in _split(body))
+    if kind == b"F":
+        return frozenset(_decode_key(part) for part in _split(body))
+    if kind == b"e":
+        module, qualname, name = body.decode().split(":")
+        try:
+            owner = importlib.import_module(module)
+            for attribute in qualname.split("."):
+                owner = getattr(owner, attribute)
+            return owner[name]
+        except (ImportError, AttributeError, KeyError) as e:
+            raise StateError(f"a SharedDict key is the Enum member {qualname}.{name} of module {module},"
+                             f" which this process cannot import: {e!r}") from None
     raise StateError(f"a SharedDict field {field[:40]!r} was not written by this version of cloudbutton")
 
 
@@ -787,9 +812,10 @@ _MISSING = object()
 class SharedDict(SharedObject, MutableMapping):
     """A dict shared by name (a Redis hash); values are any picklable object.
 
-    Keys are ``str``, ``bytes``, ``int``, ``float``, ``bool``, ``None`` or tuples of these (TypeError names
-    any other type); each is stored in one canonical form, so equal keys are one entry in every process,
-    as in a dict: ``1``, ``1.0`` and ``True`` are the same key (read back as the int ``1``).
+    Keys are ``str``, ``bytes``, ``int``, ``float``, ``bool``, ``None``, ``Enum`` members, or tuples or
+    frozensets of these (TypeError names any other type); each is stored in one canonical form, so equal
+    keys are one entry in every process, as in a dict: ``1``, ``1.0`` and ``True`` are the same key (read
+    back as the int ``1``). Listing keys that are Enum members imports their module.
 
     ``pop``, ``popitem``, ``setdefault`` and ``update`` are each one atomic round trip.
     """
