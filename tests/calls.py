@@ -72,3 +72,15 @@ class Color(enum.Enum):
 
     RED = 1
     GREEN = 2
+
+
+class Perm(enum.Flag):
+    R = 1
+    W = 2
+
+
+class Tag(bytes, enum.Enum):
+    X = b"x"
+
+
+Odd = enum.Enum("Odd", {"a:b": 1})  # a member name with a colon in it

@@ -135,7 +135,7 @@ def test_array_indexing_and_slicing_like_ctypes():
 
 def char_array_story(module) -> list:
     a = module.Array("c", b"hello")
-    story = [a[:], a.value, a.raw, a[1], a[1:3]]
+    story = [a[:], a.value, a.raw, a[1], a[1:3], list(a), list(module.RawArray("c", b"ab"))]
     a.value = b"hi"
     story += [a.value, a.raw]
     a.raw = b"abcde"

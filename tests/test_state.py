@@ -10,9 +10,10 @@ import time
 import uuid
 from collections.abc import MutableSequence
 
+import numpy
 import pytest
 import redis
-from calls import Color, unique, until
+from calls import Color, Odd, Perm, Tag, unique, until
 
 from cloudbutton import FunctionExecutor
 from cloudbutton.errors import StateError
@@ -749,6 +750,29 @@ def test_frozenset_and_enum_keys_are_one_entry_whatever_their_order():
     assert len(d) == 3 and d[a] == 2
     assert set(d) == {a, Color.RED, frozenset()}
     assert Color.RED in d and Color.GREEN not in d
+    d.delete()
+
+
+def test_every_enum_member_is_a_key_and_those_equal_to_plain_values_are_those_values():
+    d = SharedDict(unique("keys"))
+    for key in (Perm.R | Perm.W, Perm(0), Odd["a:b"]):
+        d[key] = str(key)
+    d[Tag.X], d[b"x"] = "tag", "bytes"  # a bytes Enum equals its value: one key, as in a dict
+    d[numpy.float64(0.5)], d[0.5] = "numpy", "float"
+    assert len(d) == 5 and d[b"x"] == "bytes" and d[0.5] == "float"
+    assert set(d) == {Perm.R | Perm.W, Perm(0), Odd["a:b"], b"x", 0.5}
+    d.delete()
+
+
+def test_popitem_of_a_key_this_process_cannot_read_keeps_the_entry():
+    d = SharedDict(unique("keys"))
+    d["ok"] = 1
+    r = redis.Redis.from_url(d.url)
+    r.hset(d._key, b"e" + state_objects._joined([b"no_such_module", b"Gone", b"i1"]), pickle.dumps(2))
+    r.hdel(d._key, "sok")
+    with pytest.raises(StateError, match="no_such_module"):
+        d.popitem()
+    assert r.hlen(d._key) == 1  # put back: nothing was lost
     d.delete()
 
 

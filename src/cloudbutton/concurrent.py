@@ -241,8 +241,11 @@ def _forget_when_done(runner: _Runner) -> None:
     then its runner is forgotten, so that its memory is freed."""
     from .executor import _when_all_done
 
-    pending = [f for f in runner.fexec.futures if not f.done()]
-    _when_all_done(pending, lambda: _open_runners.discard(runner))
+    def forget() -> None:
+        _open_runners.discard(runner)
+        runner.shutdown(wait=False)  # releases the backend and the executor's stored data, from a thread of its own
+
+    _when_all_done([f for f in runner.fexec.futures if not f.done()], forget)
 
 
 def _wait_for_open_runners() -> None:

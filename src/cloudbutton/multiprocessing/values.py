@@ -110,6 +110,9 @@ class _RawCharArray(_RawArray):
         item = super().__getitem__(index)
         return b"".join(item) if isinstance(index, slice) else item
 
+    def __iter__(self):
+        return iter(super().__getitem__(slice(None)))  # 1-byte bytes, not the ints of a bytes object
+
     @property
     def raw(self) -> bytes:
         return self[:]
@@ -209,6 +212,10 @@ class SynchronizedArray(_Synchronized):
 
 class SynchronizedString(Synchronized, SynchronizedArray):
     """A char array with its lock: ``value`` (from ``Synchronized``), ``raw``, and the array's items."""
+
+    def __iter__(self):
+        with self._lock:
+            return iter(list(self._obj))
 
     @property
     def raw(self) -> bytes:

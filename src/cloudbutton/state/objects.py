@@ -732,8 +732,10 @@ def _split(body: bytes) -> list[bytes]:
 def _encode_key(key: Any) -> bytes:
     """The hash field of a SharedDict key: one canonical encoding per set of equal keys, the same in every
     process (so 1, 1.0 and True are one field, as in a dict; no pickles, whose bytes vary)."""
-    if isinstance(key, enum.Enum) and not isinstance(key, (str, int, float)):  # IntEnum etc. equal their values
-        return b"e" + f"{type(key).__module__}:{type(key).__qualname__}:{key.name}".encode()
+    if isinstance(key, enum.Enum) and not isinstance(key, (str, bytes, int, float, tuple, frozenset)):
+        # (members with such a mixin, e.g. IntEnum, equal their values: encoded as those below)
+        cls = type(key)  # by value: Flag combinations and Flag(0) have no name of their own
+        return b"e" + _joined([cls.__module__.encode(), cls.__qualname__.encode(), _encode_key(key.value)])
     if isinstance(key, str):
         return b"s" + key.encode("utf-8", "surrogatepass")
     if isinstance(key, bytes):
@@ -742,7 +744,7 @@ def _encode_key(key: Any) -> bytes:
         return b"n"
     if isinstance(key, (int, float)):  # bool is an int
         if isinstance(key, float) and not key.is_integer():
-            return b"f" + repr(key).encode()  # nan and the infinities too
+            return b"f" + float.__repr__(key).encode()  # nan and the infinities too; subclasses (numpy) alike
         return b"i" + str(int(key)).encode()
     if isinstance(key, tuple):
         return b"t" + _joined(_encode_key(item) for item in key)
@@ -768,15 +770,18 @@ def _decode_key(field: bytes) -> Any:
     if kind == b"F":
         return frozenset(_decode_key(part) for part in _split(body))
     if kind == b"e":
-        module, qualname, name = body.decode().split(":")
+        module, qualname, value = _split(body)
+        module, qualname = module.decode(), qualname.decode()
         try:
             owner = importlib.import_module(module)
             for attribute in qualname.split("."):
                 owner = getattr(owner, attribute)
-            return owner[name]
-        except (ImportError, AttributeError, KeyError) as e:
-            raise StateError(f"a SharedDict key is the Enum member {qualname}.{name} of module {module},"
-                             f" which this process cannot import: {e!r}") from None
+            return owner(_decode_key(value))
+        except (ImportError, AttributeError, ValueError) as e:
+            raise StateError(
+                f"a SharedDict key is a member of the Enum {qualname} of module {module}, which this process"
+                f" cannot import ({e!r}); define Enums used as keys in a module, not in the script run"
+            ) from None
     raise StateError(f"a SharedDict field {field[:40]!r} was not written by this version of cloudbutton")
 
 
@@ -889,7 +894,12 @@ class SharedDict(SharedObject, MutableMapping):
         pair = self._write(lambda c: run_script(c, _DICT_POPITEM, [self._key], []))
         if not pair:
             raise KeyError(f"popitem(): {self!r} is empty")
-        return _decode_key(pair[0]), pickle.loads(pair[1])
+        field, data = pair
+        try:
+            return _decode_key(field), pickle.loads(data)
+        except Exception:
+            self._write(lambda c: c.hsetnx(self._key, field, data))  # put it back: nothing is lost
+            raise
 
     @_state_op
     def setdefault(self, key: Any, default: Any = None) -> Any:
