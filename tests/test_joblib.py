@@ -161,6 +161,23 @@ def test_a_task_exception_is_raised_in_the_caller_with_its_type(cloudbutton_back
     assert Parallel()(delayed(square)(i) for i in range(10)) == [i * i for i in range(10)]
 
 
+def fail_or_write_late(i, path):
+    if i == 1:
+        time.sleep(0.2)
+        raise TaskError(f"task {i} failed")
+    time.sleep(1.0)
+    open(path, "w").close()
+
+
+def test_a_task_exception_stops_the_tasks_still_running(cloudbutton_backend, tmp_path):
+    late = tmp_path / "late"
+    with pytest.raises(TaskError, match="task 1 failed"):
+        Parallel(batch_size=1)(delayed(fail_or_write_late)(i, str(late)) for i in range(2))
+    time.sleep(1.5)
+    assert not late.exists()  # its worker was stopped, as loky stops its workers
+    assert Parallel()(delayed(square)(i) for i in range(10)) == [i * i for i in range(10)]
+
+
 def test_a_lost_worker_is_a_worker_lost_error(cloudbutton_backend):
     with pytest.raises(WorkerLostError):
         Parallel(batch_size=1)(delayed(exit_on)(i, 3) for i in range(6))

@@ -41,6 +41,7 @@ from joblib.parallel import (
 
 from . import serialize
 from .config import resolve_config
+from .futures import discard
 from .storage import Storage
 
 __all__ = ["CloudbuttonBackend", "register"]
@@ -277,9 +278,14 @@ class CloudbuttonBackend(AutoBatchingMixin, ParallelBackendBase):
                 self._executor.clean()  # joblib holds the futures it still needs
 
     def abort_everything(self, ensure_ready=True) -> None:
-        """Cancel what is queued and stop; with ``ensure_ready`` the next batch starts everything again."""
+        """Drop what is queued, stop what runs (as loky kills its workers) and stop; with ``ensure_ready``
+        the next batch starts everything again."""
+        executor = self._executor
         for future in list(self._pending):
-            future.cancel()
+            discard(future)
+        abort = getattr(executor.backend, "abort", None) if executor is not None else None
+        if abort is not None:
+            abort()
         self.terminate()
 
     def terminate(self) -> None:
