@@ -254,6 +254,14 @@ def test_a_reducer_still_runs_after_shutdown_without_wait(tmp_path):
     assert fexec.get_result(reducer, timeout=60) == [0.6]
 
 
+def test_a_reducer_launches_even_if_its_thread_was_closed_by_a_racing_shutdown(tmp_path, gate):
+    with FunctionExecutor(max_workers=2, storage_url=f"file://{tmp_path}") as fexec:
+        reducer = fexec.map_reduce(wait_for, [(gate, 1), (gate, 2)], sum)
+        fexec._reducers.shutdown(wait=False)  # what a shutdown() in another thread at that moment does
+        Path(gate).touch()
+        assert fexec.get_result(reducer, timeout=60) == [3]
+
+
 def test_the_stored_result_of_a_cancelled_call_is_removed(tmp_path, gate):
     storage = tmp_path / "store"
     with FunctionExecutor(max_workers=1, storage_url=f"file://{storage}", storage_threshold=1000) as fexec:

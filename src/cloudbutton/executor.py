@@ -324,8 +324,14 @@ class FunctionExecutor:
         for index, futures in enumerate(groups.values()):
             reduce = functools.partial(self._reduce, reduce_run, index, map_run, futures, modules, by_keyword)
             # launched from a thread of its own: the backend's result thread must not pickle and store
-            _when_all_done(futures, functools.partial(self._reducers.submit, reduce))
+            _when_all_done(futures, functools.partial(self._launch_soon, reduce))
         return list(reduce_run.futures)
+
+    def _launch_soon(self, reduce) -> None:
+        try:
+            self._reducers.submit(reduce)
+        except RuntimeError:  # a shutdown in another thread closed the reducers' thread meanwhile
+            threading.Thread(target=reduce, name="cloudbutton-reducer", daemon=True).start()
 
     def _reduce(self, *args) -> None:
         try:
