@@ -10,6 +10,8 @@ from .errors import (
     MemoryLimitError,
     RemoteError,
     SerializationError,
+    StateError,
+    StorageError,
     WaitTimeoutError,
     WorkerLostError,
 )
@@ -38,5 +40,5 @@ def __getattr__(name: str):
 __all__ = [
     "ALL_COMPLETED", "ALWAYS", "ANY_COMPLETED", "BackendError", "CallTimeoutError", "CloudbuttonError",
     "Config", "ConfigError", "FunctionExecutor", "MemoryLimitError", "RemoteError", "ResponseFuture",
-    "SerializationError", "WaitTimeoutError", "WorkerLostError", "__version__", "get_result", "wait",
+    "SerializationError", "StateError", "StorageError", "WaitTimeoutError", "WorkerLostError", "__version__", "get_result", "wait",
 ]

@@ -70,7 +70,18 @@ def config_keys() -> list[str]:
     return [f.name for f in dataclasses.fields(Config) if f.name != "sources"]
 
 
-_POSITIVE = {"max_workers", "chunksize", "timeout", "runtime_memory", "storage_threshold", "state_timeout"}
+MAX_SECONDS = 10**8
+"""The longest time a setting may give (about three years): longer waits overflow the clocks of
+threads and sockets; ``None`` is the way to say "no limit"."""
+_RANGES = {  # key: (smallest, largest), both allowed
+    "max_workers": (1, 10**6),
+    "chunksize": (1, 10**9),
+    "timeout": (1e-3, MAX_SECONDS),
+    "runtime_memory": (1, 2**30),  # MB: up to 1 PiB
+    "retries": (0, 1000),
+    "storage_threshold": (1, 2**40),
+    "state_timeout": (1e-3, MAX_SECONDS),
+}
 
 
 def _convert(key: str, value: Any, source: str) -> Any:
@@ -98,10 +109,11 @@ def _convert(key: str, value: Any, source: str) -> Any:
     expected = {"str": str, "int": int, "float": (int, float), "bool": bool}[kind]
     if not isinstance(value, expected) or (kind != "bool" and isinstance(value, bool)):
         raise ConfigError(f"{key} = {value!r} (from {source}) must be of type {kind}")
-    if key in _POSITIVE and value <= 0:
-        raise ConfigError(f"{key} = {value!r} (from {source}) must be greater than 0")
-    if key == "retries" and value < 0:
-        raise ConfigError(f"retries = {value!r} (from {source}) must be 0 or more")
+    if key in _RANGES:
+        low, high = _RANGES[key]
+        if not low <= value <= high:  # also refuses nan, which compares false with everything
+            unit = " (None: no limit)" if key in ("timeout", "runtime_memory") else ""
+            raise ConfigError(f"{key} = {value!r} (from {source}) must be between {low:g} and {high:g}{unit}")
     if key == "backend":
         from .backends import backend_names, known_backends
 

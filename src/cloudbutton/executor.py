@@ -57,8 +57,8 @@ class _JobRun:
         if job.data_url and threshold:
             for n, (index, data) in enumerate(calls):
                 if len(data) > threshold:
+                    self.stored = True  # before writing: a failed write may leave a part behind
                     calls[n] = (index, spill.spill(data, f"{job.data_url}/args/{index:05d}"))
-                    self.stored = True
         for index, data in calls:
             self.args[index] = data
         self.executor.backend.submit(job, calls, self)
@@ -404,8 +404,21 @@ class FunctionExecutor:
         if keep_payloads:
             run.payloads = [None] * len(calls)
         if args:
-            run.launch(list(enumerate(args)))
+            try:
+                run.launch(list(enumerate(args)))
+            except BaseException:
+                self._forget(run)  # nothing was sent: no future may wait for it
+                raise
         return run, objects
+
+    def _forget(self, run: _JobRun) -> None:
+        """Drop a job whose launch failed: its futures, its record and whatever it stored."""
+        dropped = set(map(id, run.futures))
+        self.futures = [f for f in self.futures if id(f) not in dropped]
+        self._uncollected = [f for f in self._uncollected if id(f) not in dropped]
+        self._runs.remove(run)
+        if run.stored:
+            _remove_stored(run.job.data_url)
 
     def _new_job(
         self, function, n_calls: int, settings, extra_env, function_bytes: bytes, kind: str, collected_later=False

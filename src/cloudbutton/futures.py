@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from .config import MAX_SECONDS
 from .errors import WaitTimeoutError
 
 ALL_COMPLETED = cf.ALL_COMPLETED
@@ -172,6 +173,11 @@ def wait(
     if return_when not in (ALL_COMPLETED, ANY_COMPLETED, ALWAYS):
         raise ValueError(f"return_when must be ALL_COMPLETED, ANY_COMPLETED or ALWAYS, not {return_when!r}")
     fs = list(fs)
+    if timeout is not None:
+        if timeout != timeout:
+            raise ValueError("timeout must be a number of seconds or None, not nan")
+        if timeout > MAX_SECONDS:  # beyond what thread clocks take: as good as no limit
+            timeout = None
     if return_when != ALWAYS:
         deadline = None if timeout is None else time.monotonic() + timeout
         bar = _ProgressBar(len(fs)) if _progress_wanted(show_progressbar) and fs else None

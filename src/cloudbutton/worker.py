@@ -184,6 +184,8 @@ def _exit_with_parent(parent_pid: int) -> None:
     while True:
         time.sleep(0.5)
         if os.getppid() != parent_pid:
+            if os.getpgid(0) == os.getpid():  # a group of its own: end what its calls started too
+                os.killpg(0, signal.SIGKILL)
             os._exit(0)
 
 

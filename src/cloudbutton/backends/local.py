@@ -75,6 +75,7 @@ class _Worker:
             pass_fds=fds,
             stdin=subprocess.DEVNULL,
             env=env,
+            start_new_session=True,  # a process group of its own: ending it ends what its calls started
         )
         child_end.close()
         progress_file.close()
@@ -155,11 +156,27 @@ class _Worker:
 
     def exit_code(self) -> int:
         """The worker's exit code (-N if signal N killed it); waits a little for it to exit."""
-        try:
-            return self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
+        return self.end(timeout=5)
+
+    def kill(self) -> None:
+        """Kill the worker and every process its calls started (its process group), as a serverless
+        platform ends a container. Only while the worker is not reaped: until then no other process
+        can get its pid, so the group is surely ours."""
+        if self.proc.returncode is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def end(self, timeout: float) -> int:
+        """Wait up to ``timeout`` s for the worker to exit, then kill what is left of its group (the
+        worker too, if it still runs) and return its exit code."""
+        if self.proc.returncode is None:
+            deadline = time.monotonic() + timeout
+            while not _exited(self.proc.pid) and time.monotonic() < deadline:
+                time.sleep(0.005)
+            self.kill()
+        return self.proc.wait()
 
     def exit_reason(self) -> str:
         code = self.exit_code()
@@ -231,7 +248,7 @@ class WorkerPool:
             self._thread.join(timeout=2)  # so that no batch is being sent while we send the stops
         for w in self._workers:
             if w.batch is not None:  # its calls' results are no longer wanted (abandoned, or daemon Processes)
-                w.proc.kill()
+                w.kill()
                 continue
             try:
                 w.conn.send_bytes(pickle.dumps((0, None, None)))
@@ -239,11 +256,7 @@ class WorkerPool:
                 pass
         deadline = time.monotonic() + 2
         for w in self._workers:
-            try:
-                w.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                w.proc.kill()
-                w.proc.wait()
+            w.end(timeout=max(0.0, deadline - time.monotonic()))
             w.close()
 
     # --- the dispatcher thread -------------------------------------------------------------
@@ -306,7 +319,7 @@ class WorkerPool:
         for w in self._workers:
             if w.batch is not None:
                 lost += [(w.batch.job, index, w.batch.sink) for index, _ in w.batch.calls[w.batch.done :]]
-            w.proc.kill()
+            w.kill()
         for job, index, sink in lost:
             name = job.call_name(index)
             error = WorkerLostError(f"call {name} was lost: the local worker pool failed: {cause}", name)
@@ -323,7 +336,7 @@ class WorkerPool:
                 for w in self._workers:
                     if w.batch is not None and w.batch.job.key in aborting:
                         w.aborted = True
-                        w.proc.kill()  # its end of the socket closes: the loop replaces it
+                        w.kill()  # its end of the socket closes: the loop replaces it
             self._dispatch()
             timeout = self._until_next_deadline()
             ready = wait([w.sock for w in self._workers] + [self._wake_r], timeout)
@@ -374,11 +387,7 @@ class WorkerPool:
         w.close()
         w.progress.close()
         self._workers[self._workers.index(w)] = _Worker()
-        try:
-            w.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            w.proc.kill()
-            w.proc.wait()
+        w.end(timeout=5)
 
     def _until_next_deadline(self) -> float | None:
         deadlines = [d for d in (w.deadline() for w in self._workers) if d is not None]
@@ -393,8 +402,7 @@ class WorkerPool:
                 continue
             if w.batch is not b:
                 continue  # its batch ended meanwhile
-            w.proc.kill()
-            w.proc.wait()
+            w.end(timeout=0)
             while w.batch is b and not self._receive(w):  # deliver what it finished before it was stopped
                 pass
             # it is dead in any case: replace it now (nothing is reported if its batch ended meanwhile),
@@ -405,11 +413,7 @@ class WorkerPool:
     def _replace(self, w: _Worker, error_for) -> None:
         """Report the running call of a dead worker, requeue the rest of its batch, start another."""
         w.close()
-        try:
-            w.proc.wait(timeout=1)  # it closed its socket: it is exiting, so its exit code tells why
-        except subprocess.TimeoutExpired:
-            w.proc.kill()
-            w.proc.wait()
+        w.end(timeout=1)  # it closed its socket: it is exiting, so its exit code tells why
         batch = w.batch
         position, _ = w.running()
         w.progress.close()
@@ -433,6 +437,14 @@ class WorkerPool:
         if blamed:
             index, _ = batch.calls[position]
             batch.sink.on_lost(batch.job, index, error_for(batch.job.call_name(index), batch.job))
+
+
+def _exited(pid: int) -> bool:
+    """Whether child ``pid`` has exited, without reaping it."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:  # reaped already
+        return True
 
 
 _pools: dict[int, WorkerPool] = {}

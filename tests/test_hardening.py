@@ -1,0 +1,88 @@
+"""Failures at the edges: a launch that fails, limits out of range, what calls leave behind."""
+
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from calls import inc
+
+from cloudbutton import CallTimeoutError, ConfigError, FunctionExecutor, StorageError, WorkerLostError
+
+
+def big(data):
+    return len(data)
+
+
+@pytest.mark.parametrize("storage_url", ["file:///proc/no-such-dir", "no-such-scheme://bucket"])
+def test_a_map_that_fails_to_launch_leaves_nothing_to_wait_for(isolated, storage_url):
+    with FunctionExecutor(max_workers=1, storage_url=storage_url) as fexec:
+        with pytest.raises(StorageError):
+            fexec.map(big, [b"x" * (2 << 20)])  # above storage_threshold: goes through storage
+        assert fexec.futures == []
+        assert fexec.get_result(timeout=5) == []  # nothing uncollected, nothing running
+        assert fexec.get_result(fexec.map(big, [b"small"]), timeout=30) == [5]
+    # leaving the block returned: shutdown waited on no call that was never sent
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [("timeout", math.inf), ("timeout", 1e12), ("timeout", math.nan), ("timeout", -1.0), ("state_timeout", math.nan),
+     ("state_timeout", math.inf), ("runtime_memory", 10**30), ("retries", -1), ("max_workers", 0)],
+)
+def test_numeric_settings_out_of_range_are_config_errors_naming_key_and_source(isolated, key, value):
+    with pytest.raises(ConfigError, match=rf"{key} = .*\(from keyword argument\)"):
+        FunctionExecutor(**{key: value})
+
+
+def test_a_bad_limit_in_the_environment_names_the_variable(isolated, monkeypatch):
+    monkeypatch.setenv("CLOUDBUTTON_TIMEOUT", "inf")
+    with pytest.raises(ConfigError, match="CLOUDBUTTON_TIMEOUT"):
+        FunctionExecutor()
+
+
+def test_a_bad_map_timeout_is_refused_and_the_shared_pool_keeps_serving_others(isolated):
+    with FunctionExecutor(max_workers=2) as one, FunctionExecutor(max_workers=2) as other:
+        for bad in (math.inf, math.nan, 1e12):
+            with pytest.raises(ConfigError, match="timeout"):
+                one.map(inc, range(3), timeout=bad)
+        assert other.get_result(other.map(inc, range(10)), timeout=60) == list(range(1, 11))
+        assert one.get_result(one.map(inc, range(3)), timeout=60) == [1, 2, 3]
+
+
+def test_waiting_without_limit_accepts_infinity(fexec):
+    assert fexec.get_result(fexec.map(inc, [1]), timeout=math.inf) == [2]
+    with pytest.raises(ValueError, match="nan"):
+        fexec.get_result(fexec.map(inc, [1]), timeout=math.nan)
+
+
+def start_child_then(pid_file, action):
+    """Starts a child process, records its pid, then hangs or crashes its worker."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    Path(pid_file).write_text(str(child.pid))
+    if action == "crash":
+        os._exit(7)
+    time.sleep(60)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.mark.parametrize("action, error", [("hang", CallTimeoutError), ("crash", WorkerLostError)])
+def test_a_killed_or_lost_call_takes_its_child_processes_with_it(fexec, tmp_path, action, error):
+    pid_file = tmp_path / "child.pid"
+    with pytest.raises(error):
+        fexec.get_result(fexec.map(start_child_then, [(str(pid_file), action)], timeout=2), timeout=60)
+    child = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while not _gone(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _gone(child), f"the call's child process {child} outlived its worker"
