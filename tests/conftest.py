@@ -3,9 +3,11 @@ import http.server
 import io
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -25,17 +27,37 @@ def _no_cloudbutton_env(monkeypatch):
             monkeypatch.delenv(key)
 
 
+# Everything the suite and the processes it starts put in the temporary directory goes to one of
+# its own, which must hold nothing but pytest's own folders at the end.
+SUITE_TMP = tempfile.mkdtemp(prefix="cloudbutton-tests-")
+os.environ["TMPDIR"] = SUITE_TMP
+tempfile.tempdir = None
+DEFAULT_JOBS = os.path.join(os.path.expanduser("~"), ".cache", "cloudbutton", "storage", "cloudbutton-jobs")
+
+
+def _entries(path: str) -> set[str]:
+    return set(os.listdir(path)) if os.path.isdir(path) else set()
+
+
 @pytest.fixture(scope="session", autouse=True)
-def _leave_no_processes():
+def _leave_nothing_behind():
+    jobs_before = _entries(DEFAULT_JOBS)
     yield
     from cloudbutton.backends.local import close_pools
+    from cloudbutton.state import stop_server
 
     close_pools()
+    stop_server()
     left = psutil.Process().children(recursive=True)
     _, alive = psutil.wait_procs(left, timeout=10)
     for p in alive:
         p.kill()
     assert not alive, f"the test session left processes running: {alive}"
+    files = sorted(name for name in _entries(SUITE_TMP) if not name.startswith("pytest-of-"))
+    shutil.rmtree(SUITE_TMP, ignore_errors=True)
+    assert not files, f"the test session left files in its temporary directory: {files}"
+    jobs = sorted(_entries(DEFAULT_JOBS) - jobs_before)
+    assert not jobs, f"the test session left job data in {DEFAULT_JOBS}: {jobs}"
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from calls import inc
+from calls import inc, wait_for
 
 from cloudbutton import CallTimeoutError, ConfigError, FunctionExecutor, StorageError, WorkerLostError
 
@@ -86,3 +86,77 @@ def test_a_killed_or_lost_call_takes_its_child_processes_with_it(fexec, tmp_path
     while not _gone(child) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _gone(child), f"the call's child process {child} outlived its worker"
+
+
+DRIVER = """
+import sys
+from cloudbutton.state import server
+url = server.embedded_url()
+print(server._server.dir, flush=True)
+sys.stdin.read()
+"""
+
+
+def test_a_driver_killed_by_sigkill_leaves_a_state_directory_the_next_start_removes(isolated):
+    from cloudbutton.state import server
+
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    state_dir = driver.stdout.readline().strip()
+    assert os.path.isdir(state_dir)
+    driver.kill()
+    driver.wait()
+    driver.stdin.close()
+    driver.stdout.close()
+    assert os.path.isdir(state_dir)  # nothing could remove it as its owner died
+    own = server.StateServer()
+    try:
+        assert not os.path.exists(state_dir)
+        assert os.path.isdir(own.dir)
+    finally:
+        own.stop()
+    assert not os.path.exists(own.dir)
+
+
+def big_result_or_wait(gate, padding):
+    if padding:
+        wait_for(gate)
+    return b"r" * 4096
+
+
+def test_call_data_in_local_storage_is_private_to_its_owner(isolated, tmp_path, gate):
+    storage = tmp_path / "storage"
+    with FunctionExecutor(max_workers=2, storage_url=f"file://{storage}", storage_threshold=1024) as fexec:
+        futures = fexec.map(big_result_or_wait, [(gate, b""), (gate, b"p" * 2048)])  # call 1's arguments go to storage
+        futures[0].result(timeout=60)
+        jobs = storage / "cloudbutton-jobs"
+        files = [p for p in jobs.rglob("*") if p.is_file()]
+        assert {p.parent.name for p in files} == {"args", "results"}
+        for path in [jobs, *jobs.rglob("*")]:
+            mode = path.stat().st_mode & 0o777
+            assert mode == (0o600 if path.is_file() else 0o700), f"{path} has mode {oct(mode)}"
+        Path(gate).touch()
+        assert len(fexec.get_result(futures, timeout=60)[1]) == 4096
+
+
+def test_more_local_workers_than_memory_holds_are_capped_with_a_warning(isolated):
+    with pytest.warns(RuntimeWarning, match=r"max_workers = 100000 is more than this machine can hold .*memory"):
+        fexec = FunctionExecutor(max_workers=100_000)
+    with fexec:
+        assert 1 <= fexec.backend.workers < 100_000
+    # no call ran: the pool of the capped size was never started
+
+
+CAPPED = """
+import warnings, cloudbutton
+warnings.simplefilter("error")
+try:
+    cloudbutton.FunctionExecutor(max_workers=200)
+except RuntimeWarning as e:
+    print(e)
+"""
+
+
+def test_more_local_workers_than_open_files_allow_are_capped(isolated):
+    out = subprocess.run(["bash", "-c", f"ulimit -n 256 && {sys.executable} -c '{CAPPED}'"],
+                         capture_output=True, text=True, timeout=60)
+    assert "ulimit -n" in out.stdout and "using 64 local workers" in out.stdout, out

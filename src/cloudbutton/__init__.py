@@ -40,5 +40,6 @@ def __getattr__(name: str):
 __all__ = [
     "ALL_COMPLETED", "ALWAYS", "ANY_COMPLETED", "BackendError", "CallTimeoutError", "CloudbuttonError",
     "Config", "ConfigError", "FunctionExecutor", "MemoryLimitError", "RemoteError", "ResponseFuture",
-    "SerializationError", "StateError", "StorageError", "WaitTimeoutError", "WorkerLostError", "__version__", "get_result", "wait",
+    "SerializationError", "StateError", "StorageError", "WaitTimeoutError", "WorkerLostError", "__version__",
+    "get_result", "wait",
 ]

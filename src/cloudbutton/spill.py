@@ -19,8 +19,27 @@ def spill(data: bytes, url: str) -> bytes:
 
     with storage_errors(url, f"write {len(data)} bytes of call data to"):
         fs, path = filesystem(url)
-        fs.pipe_file(path, data)
+        if fs.protocol[0] in ("file", "local"):
+            _write_private(path, data)
+        else:
+            fs.pipe_file(path, data)
     return MARK + url.encode()
+
+
+def _write_private(path: str, data: bytes) -> None:
+    """Write a local file only its owner can read, in folders only its owner can open: pickles are
+    code, which another user of the machine must not read nor replace."""
+    missing, parent = [], os.path.dirname(path)
+    while parent and not os.path.isdir(parent):
+        missing.append(parent)
+        parent = os.path.dirname(parent)
+    for folder in reversed(missing):
+        try:
+            os.mkdir(folder, 0o700)
+        except FileExistsError:  # made meanwhile by another call of the job
+            pass
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+        f.write(data)
 
 
 def is_reference(payload: bytes) -> bool:

@@ -15,6 +15,7 @@ import dataclasses
 import mmap
 import os
 import pickle
+import resource
 import signal
 import socket
 import struct
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
@@ -477,10 +479,55 @@ def close_pools() -> None:
         pool.close()
 
 
+WORKER_MEMORY = 20 * 2**20
+"""What an idle worker process takes (its resident size is ~17 MB), before its calls use any."""
+FDS_PER_WORKER = 3  # its socket, a duplicate for sending, its progress map
+
+
+def affordable_workers(wanted: int) -> tuple[int, str | None]:
+    """How many of ``wanted`` workers this machine can hold, and if fewer, why: idle workers may
+    take at most half the memory available (the rest is for their calls), and each needs a few
+    file descriptors of this process."""
+    fits: list[tuple[int, str]] = []
+    available = _available_memory()
+    if available is not None:
+        n = available // 2 // WORKER_MEMORY
+        fits.append((n, f"{wanted} idle workers would take {wanted * WORKER_MEMORY >> 20} MB of the "
+                        f"{available >> 20} MB of memory available"))
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY:
+        n = (soft - 64) // FDS_PER_WORKER
+        fits.append((n, f"{wanted} workers would need {wanted * FDS_PER_WORKER} open files, over this"
+                        f" process's limit of {soft} (ulimit -n)"))
+    n, why = min(fits, default=(wanted, None))
+    return (wanted, None) if n >= wanted else (max(n, 1), why)
+
+
+def _available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return None
+
+
 class LocalBackend(Backend):
+    shares_host = True
+
     def __init__(self, config):
         super().__init__(config)
         self.size = config.max_workers or os.cpu_count() or 1
+        affordable, why = affordable_workers(self.size)
+        if why:
+            warnings.warn(f"cloudbutton: max_workers = {self.size} is more than this machine can hold"
+                          f" ({why}): using {affordable} local workers", RuntimeWarning, stacklevel=3)
+            self.size = affordable
         self._pool: WorkerPool | None = None  # made at first use: reserve() may want one of its own
         self._own_pool = False
         self._lock = threading.Lock()

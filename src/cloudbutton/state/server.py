@@ -132,7 +132,10 @@ class StateServer:
         if appendonly and not data_dir:
             raise ValueError("appendonly needs a data directory to write its log to")
         self.owner_pid = os.getpid()
-        self.dir = tempfile.mkdtemp(prefix="cloudbutton-state-")  # private: config, log, default socket
+        _remove_stale_dirs()
+        # private: config, log, default socket; named by its owner, so that a later start removes it
+        # if the owner died without stopping it (kill -9)
+        self.dir = tempfile.mkdtemp(prefix=f"{DIR_PREFIX}{self.owner_pid}-")
         os.chmod(self.dir, 0o700)
         self.port = port
         self.password = secrets.token_urlsafe(24) if port else None
@@ -228,6 +231,32 @@ class StateServer:
         if self._dir_lock is not None:
             self._dir_lock.close()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+DIR_PREFIX = "cloudbutton-state-"
+
+
+def _remove_stale_dirs() -> None:
+    """Remove the private directories of servers whose owner process is gone."""
+    base = tempfile.gettempdir()
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(base):
+            pid = entry.name[len(DIR_PREFIX):].split("-", 1)[0]
+            if not (entry.name.startswith(DIR_PREFIX) and pid.isdigit() and entry.is_dir(follow_symlinks=False)):
+                continue
+            if entry.stat(follow_symlinks=False).st_uid != os.getuid() or _alive(int(pid)):
+                continue
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's: alive
+        return True
+    return True
 
 
 def _lock_dir(path: str):
