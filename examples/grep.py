@@ -79,7 +79,7 @@ except re.error as e:
     sys.exit(f"error: bad regular expression {pattern!r}: {e}")
 
 storage = Storage()
-prefix = f"examples/grep-{uuid.uuid4().hex[:8]}/"
+prefix = f"cloudbutton-example-grep-{uuid.uuid4().hex[:8]}/"
 try:
     log = make_log(0, n_lines)
     storage.put_object(f"{prefix}service.log", log)

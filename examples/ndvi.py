@@ -80,7 +80,7 @@ def summarize(results):
 
 
 storage = Storage()
-prefix = f"examples/ndvi-{uuid.uuid4().hex[:8]}/"
+prefix = f"cloudbutton-example-ndvi-{uuid.uuid4().hex[:8]}/"
 try:
     rasters = [make_tile(seed, size) for seed in range(tiles)]
     for n, bands in enumerate(rasters):

@@ -57,7 +57,7 @@ def merge(results):
 
 
 storage = Storage()
-prefix = f"examples/wordcount-{uuid.uuid4().hex[:8]}/"
+prefix = f"cloudbutton-example-wordcount-{uuid.uuid4().hex[:8]}/"
 try:
     words = vocabulary()
     texts = [make_book(seed, int(mb_per_book * 1e6), words) for seed in range(books)]

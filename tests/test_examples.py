@@ -78,8 +78,8 @@ def in_storage(tmp_path: Path) -> dict[str, str]:
 
 
 def assert_data_deleted(tmp_path: Path) -> None:
-    """The example wrote its data under ``examples/`` of the configured storage and deleted it."""
-    folder = tmp_path / "storage" / "examples"
+    """The example wrote its data to the configured storage and deleted it, folders included."""
+    folder = tmp_path / "storage"
     assert folder.is_dir(), "the example did not use the configured storage"
     assert list(folder.iterdir()) == []
 
