@@ -127,7 +127,7 @@ def test_hello_on_a_dask_local_cluster(isolated):
     pytest.importorskip("distributed")
     r = run("hello", "--backend", "dask", "--workers", "1", "--calls", "3")
     assert r.returncode == 0, r.stderr
-    assert "hello on backend 'dask' (set by: keyword argument), 1 worker\n" in r.stdout
+    assert "hello on backend 'dask' (set by: --backend), 1 worker\n" in r.stdout
     assert len(_worker_ids(r.stdout)) == 1
 
 
@@ -141,6 +141,20 @@ def test_hello_unknown_backend_names_allowed_values(isolated):
 def test_hello_unknown_backend_in_process(isolated, capsys):
     assert cli.main(["hello", "--backend", "nope"]) == 1
     assert_clean_error(capsys.readouterr().err, "'nope'", "allowed: ", "local")
+
+
+def test_hello_names_the_flag_a_bad_value_came_from(isolated, capsys):
+    assert cli.main(["hello", "--backend", "nope"]) == 1
+    assert_clean_error(capsys.readouterr().err, "backend = 'nope' (from --backend) is unknown")
+    assert cli.main(["hello", "--workers", "10000000"]) == 1
+    assert_clean_error(capsys.readouterr().err, "max_workers = 10000000 (from --workers) must be between")
+
+
+def test_hello_says_a_flag_set_the_backend(isolated, capsys):
+    cwd, _ = isolated
+    (cwd / "cloudbutton.toml").write_text('backend = "dask"\n')  # the flag wins over the file
+    assert cli.main(["hello", "--backend", "local", "--workers", "1", "--calls", "2"]) == 0
+    assert "hello on backend 'local' (set by: --backend), 1 worker\n" in capsys.readouterr().out
 
 
 def test_hello_interrupted_exits_130(isolated):

@@ -3,6 +3,7 @@
 import functools
 import http.server
 import pickle
+import socket
 import threading
 import uuid
 
@@ -301,6 +302,18 @@ def test_http_failures_name_the_url(http_server):
         f.write(b"c\n")
     with pytest.raises(StorageError, match="changed size"):
         part.data_stream.read()
+
+
+def test_a_refused_connection_names_the_endpoint_not_a_missing_object():
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        endpoint = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    with pytest.raises(StorageError) as info:
+        plan_partitions(f"{endpoint}/data.txt")
+    message = str(info.value)
+    assert message.startswith(f"cannot list {endpoint}/data.txt: cannot connect to the endpoint {endpoint} "
+                              "(connection refused); check that the server is running"), message
+    assert "no objects at" not in message
 
 
 def test_partitions_on_s3_read_their_own_bytes_and_little_more(s3, s3_url):

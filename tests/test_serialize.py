@@ -23,7 +23,7 @@ def run(fexec, function, iterdata, **kwargs):
     return fexec.get_result(fexec.map(function, iterdata, **kwargs), timeout=60)
 
 
-# --- functions that travel by value -------------------------------------------------------------
+# --- functions of every kind -------------------------------------------------------------------
 
 SCALE = 3
 
@@ -98,12 +98,14 @@ def test_nested_and_recursive_function(fexec):
     assert run(fexec, outer, range(8)) == [2 * v for v in [0, 1, 1, 2, 3, 5, 8, 13]]
 
 
-def test_function_of_the_test_module_sees_the_current_global_values(fexec, monkeypatch):
-    assert run(fexec, scaled, [1, 2]) == [3, 6]
+def test_function_of_the_test_module_is_imported_by_local_workers_unless_included(fexec, monkeypatch):
+    # this module is importable with the caller's sys.path: local workers import it, as the standard
+    # library's do, and see its values as imported; include_modules ships it by value, as it is now
     monkeypatch.setattr(sys.modules[__name__], "SCALE", 5)
-    assert run(fexec, scaled, [1, 2]) == [5, 10]
+    assert run(fexec, scaled, [1, 2]) == [3, 6]
+    assert run(fexec, scaled, [1, 2], include_modules=[__name__]) == [5, 10]
     monkeypatch.setattr(sys.modules[__name__], "SCALE", 7)
-    assert run(fexec, scaled, [1, 2]) == [7, 14]
+    assert run(fexec, scaled, [1, 2], include_modules=[__name__]) == [7, 14]
 
 
 def test_partial_bound_method_callable_instance_static_and_class_methods(fexec):

@@ -222,6 +222,36 @@ def test_an_unreachable_endpoint_is_a_storage_error_naming_the_url():
         endpoint = f"http://127.0.0.1:{sock.getsockname()[1]}"
     storage = Storage("s3://bucket", endpoint_url=endpoint, key="a", secret="b",
                       config_kwargs={"retries": {"max_attempts": 1}, "connect_timeout": 2})
-    with pytest.raises(StorageError, match="cannot read s3://bucket/k") as info:
-        storage.get_object("k")
-    assert endpoint in str(info.value)  # the provider's message names the endpoint
+    for call, verb in [(lambda: storage.get_object("k"), "read"), (lambda: storage.put_object("k", b"x"), "write")]:
+        with pytest.raises(StorageError, match=f"cannot {verb} s3://bucket/k") as info:
+            call()
+        message = str(info.value)  # names the endpoint, says what happened and what to check
+        assert f"cannot connect to the endpoint {endpoint} (connection refused)" in message, message
+        assert "endpoint_url" in message and "no object at" not in message
+
+
+# --- writes that fail say they cannot write, never "no object at" -----------------------------------
+
+
+def test_call_data_that_cannot_be_written_locally_says_so(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with FunctionExecutor(max_workers=1, storage_url=(blocker / "store").as_uri(), storage_threshold=1) as fexec:
+        with pytest.raises(StorageError) as info:  # the caller writes the call's arguments to storage
+            fexec.get_result(fexec.map(len, [b"x" * 100]))
+    message = str(info.value)
+    assert message.startswith("cannot write ") and f"to {(blocker / 'store').as_uri()}/" in message, message
+    assert "Not a directory" in message and "no object at" not in message
+
+
+def test_writes_to_a_missing_bucket_say_they_cannot_write(s3):
+    bucket = f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}"
+    with FunctionExecutor(max_workers=1, storage_url=bucket, storage_threshold=1) as fexec:
+        with pytest.raises(StorageError) as info:
+            fexec.map(len, [b"x" * 100])
+    with pytest.raises(StorageError) as put:
+        Storage(bucket).put_object("k", b"x")
+    for error in (info.value, put.value):
+        message = str(error)
+        assert message.startswith("cannot write") and f"{bucket}/" in message, message
+        assert "the folder or bucket does not exist" in message and "no object at" not in message

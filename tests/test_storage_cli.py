@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -11,7 +12,7 @@ import uuid
 import fsspec
 import pytest
 
-from cloudbutton import cli
+from cloudbutton import FunctionExecutor, cli
 
 BINARY = bytes(range(256)) * 3  # every byte value, no newline at the end
 
@@ -124,7 +125,8 @@ def test_missing_bucket_and_refused_credentials(s3, s3_checking_credentials, tmp
     (tmp_path / "f").write_bytes(b"1")
     code, _, err = cb(capsysbinary, "put", str(tmp_path / "f"), f"{bucket}/f")
     assert code == 1
-    assert_error(err, f"{bucket}/f")
+    assert_error(err, f"cannot write {bucket}/f", "the folder or bucket does not exist")
+    assert "no object at" not in err
     env = {"AWS_ENDPOINT_URL": s3_checking_credentials, "AWS_ACCESS_KEY_ID": "AKIAUNKNOWN"}
     r = run_cli("ls", f"{s3.url}/", env=env)
     assert r.returncode == 1 and r.stdout == b""
@@ -133,7 +135,7 @@ def test_missing_bucket_and_refused_credentials(s3, s3_checking_credentials, tmp
 
 @pytest.mark.parametrize(
     "argv",
-    [["storage"], ["storage", "frob"], ["storage", "ls"], ["storage", "put", "only-one"], ["storage", "get", "x"],
+    [["storage"], ["storage", "frob"], ["storage", "put", "only-one"], ["storage", "get", "x"],
      ["storage", "rm"], ["storage", "cat"], ["storage", "ls", "--bogus", "x"]],
 )
 def test_usage_errors_exit_2(argv, capsys):
@@ -190,3 +192,75 @@ def test_ls_cat_get_over_http(http_server, tmp_path, capsysbinary):
     code, out, err = cb(capsysbinary, "cat", f"{http_server.url}/missing-{name}")
     assert (code, out) == (1, b"")
     assert_error(err, f"no object at {http_server.url}/missing-{name}")
+
+
+# --- relative keys: one rule with map (a key under storage_url) --------------------------------------
+
+
+def read_obj(obj):
+    return obj.data_stream.read()
+
+
+@pytest.fixture
+def storage_url(base, tmp_path, monkeypatch):
+    """``base`` as the configured storage_url; the working directory an empty folder of the test's own."""
+    monkeypatch.setenv("CLOUDBUTTON_STORAGE_URL", base)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    return base
+
+
+def test_relative_keys_are_keys_under_storage_url(storage_url, tree, tmp_path, capsysbinary):
+    assert cb(capsysbinary, "put", str(tree / "a.txt"), "nc/x.txt") == (0, b"", "")
+    assert cb(capsysbinary, "put", "-r", str(tree / "sub"), "nc/") == (0, b"", "")
+    assert os.listdir(tmp_path / "work") == []  # nothing under the working directory
+    assert lines(cb(capsysbinary, "ls")[1]) == [f"{storage_url}/nc/"]  # no URL: storage_url
+    assert lines(cb(capsysbinary, "ls", "-r", "nc")[1]) == [f"{storage_url}/nc/sub/c.txt", f"{storage_url}/nc/x.txt"]
+    assert cb(capsysbinary, "cat", "nc/x.txt", "nc/sub/*.txt") == (0, b"alpha\ngamma\n", "")
+    assert cb(capsysbinary, "get", "nc/x.txt", str(tmp_path / "x.txt"))[0] == 0
+    assert (tmp_path / "x.txt").read_bytes() == b"alpha\n"
+    if storage_url.startswith("file://"):  # (local workers may predate the session's S3 environment)
+        with FunctionExecutor(max_workers=1) as fexec:  # map reads the same relative key
+            assert fexec.get_result(fexec.map(read_obj, "nc/x.txt")) == [b"alpha\n"]
+    assert cb(capsysbinary, "rm", "-r", "nc/sub", "nc/x.txt") == (0, b"", "")
+    code, out, err = cb(capsysbinary, "ls", "-r")
+    assert out == b"" and (code, err) in [(0, ""), (1, err)]
+    if code:
+        assert_error(err, f"no object at {storage_url}/")
+
+
+def test_ls_without_url_in_a_subprocess(storage_url, tree):
+    r = run_cli("put", str(tree / "b.bin"), "b.bin", env={"CLOUDBUTTON_STORAGE_URL": storage_url})
+    assert (r.returncode, r.stderr) == (0, b"")
+    r = run_cli("ls", "-l", env={"CLOUDBUTTON_STORAGE_URL": storage_url})
+    assert (r.returncode, r.stderr) == (0, b"")
+    assert r.stdout.decode().split() == [str(len(BINARY)), f"{storage_url}/b.bin"]
+
+
+# --- a refused connection names the endpoint and what to check ---------------------------------------
+
+
+@pytest.fixture
+def closed_port():
+    """A 127.0.0.1 port nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_refused_http_connection_names_the_endpoint(closed_port, capsysbinary):
+    endpoint = f"http://127.0.0.1:{closed_port}"
+    for argv in (["cat", f"{endpoint}/x.txt"], ["ls", f"{endpoint}/x.txt"]):
+        code, out, err = cb(capsysbinary, *argv)
+        assert (code, out) == (1, b"")
+        assert_error(err, f"cannot read {endpoint}/x.txt: cannot connect to the endpoint {endpoint} "
+                          "(connection refused); check that the server is running and that the URL is right")
+
+
+def test_a_refused_s3_endpoint_names_it_and_the_setting_to_check(s3, closed_port):
+    endpoint = f"http://127.0.0.1:{closed_port}"
+    r = run_cli("cat", f"{s3.url}/x", env={"AWS_ENDPOINT_URL": endpoint, "AWS_MAX_ATTEMPTS": "1"})
+    assert (r.returncode, r.stdout) == (1, b"")
+    assert_error(r.stderr.decode(), f"cannot read {s3.url}/x: cannot connect to the endpoint {endpoint} "
+                                    "(connection refused)", "AWS_ENDPOINT_URL")

@@ -50,13 +50,17 @@ def _seconds(t: float) -> str:
 
 
 def _cmd_hello(args: argparse.Namespace) -> int:
+    from .config import resolve_config
     from .executor import FunctionExecutor
 
     n = args.calls
     t0 = time.perf_counter()
-    with FunctionExecutor(backend=args.backend, max_workers=args.workers) as fexec:
+    # the flags are a layer of their own, named in messages as such ("--backend"), not "keyword argument"
+    config = resolve_config().with_overrides("--backend", backend=args.backend)
+    config = config.with_overrides("--workers", max_workers=args.workers)
+    with FunctionExecutor(config=config) as fexec:
         t_start = time.perf_counter() - t0
-        source = fexec.config.sources.get("backend", "default")
+        source = config.sources.get("backend", "default")
         print(f"cloudbutton {__version__}: hello on backend {fexec.config.backend!r} (set by: {source}), "
               f"{fexec.backend.workers} worker{'s' if fexec.backend.workers != 1 else ''}")
         print(f"  backend ready      {_seconds(t_start)}")
@@ -141,46 +145,47 @@ def _each(urls: Sequence[str], action) -> int:
 
 
 def _cmd_storage_ls(args: argparse.Namespace) -> int:
-    from .storage import ls
+    from .storage import default_storage_url, ls, resolve_url
 
-    def show(url: str) -> None:
-        for entry in ls(url, recursive=args.recursive):
+    def show(ref: str) -> None:
+        for entry in ls(resolve_url(ref), recursive=args.recursive):
             if args.long:
                 size = "" if entry["type"] == "directory" else entry["size"]
                 print(f"{size:>12}  {entry['url']}")
             else:
                 print(entry["url"])
 
-    return _each(args.urls, show)
+    return _each(args.urls or [default_storage_url().rstrip("/") + "/"], show)
 
 
 def _cmd_storage_put(args: argparse.Namespace) -> int:
-    from .storage import upload
+    from .storage import resolve_url, upload
 
-    upload(args.paths, args.url, recursive=args.recursive)
+    upload(args.paths, resolve_url(args.url), recursive=args.recursive)
     return 0
 
 
 def _cmd_storage_get(args: argparse.Namespace) -> int:
-    from .storage import download
+    from .storage import download, resolve_url
 
-    download(args.urls, args.path, recursive=args.recursive)
+    download([resolve_url(ref) for ref in args.urls], args.path, recursive=args.recursive)
     return 0
 
 
 def _cmd_storage_rm(args: argparse.Namespace) -> int:
-    from .storage import remove
+    from .storage import remove, resolve_url
 
-    return _each(args.urls, lambda url: remove(url, recursive=args.recursive))
+    return _each(args.urls, lambda ref: remove(resolve_url(ref), recursive=args.recursive))
 
 
 def _cmd_storage_cat(args: argparse.Namespace) -> int:
-    from .storage import is_glob, ls, open_url, storage_errors
+    from .storage import is_glob, ls, open_url, resolve_url, storage_errors
 
     sys.stdout.flush()
     out = sys.stdout.buffer
 
-    def show(url: str) -> None:
+    def show(ref: str) -> None:
+        url = resolve_url(ref)
         for match in [e["url"] for e in ls(url) if e["type"] != "directory"] if is_glob(url) else [url]:
             with open_url(match) as f:
                 while True:
@@ -203,16 +208,18 @@ def _cmd_storage_cat(args: argparse.Namespace) -> int:
 def _add_storage_commands(commands) -> None:
     storage = commands.add_parser(
         "storage", help="list, copy, remove and print objects at any storage URL",
-        description="Objects at any fsspec URL: s3://bucket/key, gs://..., http(s)://..., file:///path or a "
-        "local path. Globs (*, ?, [...], **) select several objects.",
+        description="Objects at any fsspec URL: s3://bucket/key, gs://..., http(s)://..., file:///path or an "
+        "absolute local path; anything else is a key under storage_url, as in map (LOCAL paths of put and get "
+        "are local files). Globs (*, ?, [...], **) select several objects.",
     )
     sub = storage.add_subparsers(dest="storage_command", metavar="COMMAND", required=True)
     recursive = {"action": "store_true", "dest": "recursive"}
     ls = sub.add_parser("ls", help="list objects", description="List the objects at each URL: an object, a "
-                        "glob's matches or a folder (prefix) one level deep; folders end with /.")
+                        "glob's matches or a folder (prefix) one level deep; folders end with /. No URL: "
+                        "storage_url.")
     ls.add_argument("-l", dest="long", action="store_true", help="show sizes in bytes")
     ls.add_argument("-r", "--recursive", help="list every object below a folder", **recursive)
-    ls.add_argument("urls", metavar="URL", nargs="+")
+    ls.add_argument("urls", metavar="URL", nargs="*")
     ls.set_defaults(func=_cmd_storage_ls)
     put = sub.add_parser("put", help="copy local files to storage", description="Copy local files to URL, "
                          "as cp does: into URL when there are several, URL ends with / or is a folder; else to URL.")

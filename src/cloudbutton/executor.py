@@ -302,7 +302,7 @@ class FunctionExecutor:
         compatibility and has no effect). If a map call fails, its reducer fails with that error."""
         if not callable(reduce_function):
             raise TypeError(f"reduce_function must be callable, not {type(reduce_function).__name__}")
-        modules = serialize.by_value_modules(include_modules, exclude_modules)
+        modules = serialize.by_value_modules(include_modules, exclude_modules, self.backend.shares_host)
         reduce_bytes = serialize.dumps_function(reduce_function, modules)  # fails before any map runs
         map_run, objects = self._map(
             map_function, map_iterdata, extra_args=extra_args, extra_env=extra_env, runtime_memory=map_runtime_memory,
@@ -397,7 +397,7 @@ class FunctionExecutor:
         if only_objects and (len(objects) != len(calls) or None in objects):
             raise ValueError("reducer_one_per_object needs map_iterdata made of objects in storage "
                              "and a map function with a parameter named 'obj'")
-        modules = serialize.by_value_modules(include_modules, exclude_modules)
+        modules = serialize.by_value_modules(include_modules, exclude_modules, self.backend.shares_host)
         args = serialize.dumps_arguments(calls, modules, "arguments of call")
         function_bytes = serialize.dumps_function(map_function, modules)
         run = self._new_job(map_function, len(calls), settings, extra_env, function_bytes, "M", collected_later)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import os
 import types
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -104,13 +103,6 @@ def parameter_names(func) -> list[str]:
         return []
 
 
-def _object_url(ref: str, storage_url: str) -> str:
-    """A URL as given; an absolute path as a local file; anything else is a key under ``storage_url``."""
-    if "://" in ref or os.path.isabs(ref):
-        return ref
-    return f"{storage_url.rstrip('/')}/{ref.lstrip('/')}"
-
-
 def expand_objects(
     func, iterdata: Iterable, storage_url: str, chunk_size=None, chunk_number=None, newline="\n"
 ) -> tuple[list, list[str | None]]:
@@ -124,6 +116,7 @@ def expand_objects(
             raise ValueError("obj_chunk_size and obj_chunk_number need a map function with a parameter named 'obj'")
         return iterdata, []
     from .partition import plan_partitions
+    from .storage import resolve_url
 
     position = params.index("obj")
     items, objects = [], []
@@ -139,7 +132,7 @@ def expand_objects(
             items.append(item)
             objects.append(None)
             continue
-        for part in plan_partitions(_object_url(ref, storage_url), chunk_size, chunk_number, newline):
+        for part in plan_partitions(resolve_url(ref, storage_url), chunk_size, chunk_number, newline):
             items.append(rebuild(part))
             objects.append(part.url)
     return items, objects

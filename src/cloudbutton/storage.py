@@ -11,7 +11,8 @@ for the end of the object); ``extra_get_args={"Range": "bytes=a-b"}`` follows HT
 Whatever fsspec or its implementations raise (a missing object or bucket, a refused credential, an
 unreachable endpoint) becomes a ``StorageError`` naming the URL and carrying the provider's message.
 The module-level ``ls``, ``upload``, ``download``, ``remove`` and ``open_url`` work on whole URLs and
-back the ``cloudbutton storage`` command.
+back the ``cloudbutton storage`` command; ``resolve_url`` is the one rule by which it and ``map`` turn a
+reference (a URL, an absolute path, or a key under ``storage_url``) into a URL.
 """
 
 from __future__ import annotations
@@ -19,11 +20,13 @@ from __future__ import annotations
 import io
 import os
 import re
+import socket
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from .errors import CloudbuttonError, StorageError
 
@@ -49,6 +52,15 @@ def default_storage_url() -> str:
     return "file://" + os.path.join(os.path.expanduser("~"), ".cache", "cloudbutton", "storage")
 
 
+def resolve_url(ref: str, storage_url: str | None = None) -> str:
+    """The URL a storage reference names, the one rule of ``map`` and ``cloudbutton storage``: a URL as
+    given; an absolute path as a local file; anything else a key under ``storage_url`` (by default the
+    configured one, see ``default_storage_url``)."""
+    if "://" in ref or os.path.isabs(ref):
+        return ref
+    return f"{(storage_url or default_storage_url()).rstrip('/')}/{ref.lstrip('/')}"
+
+
 def filesystem(url: str, **storage_options: Any) -> tuple[fsspec.AbstractFileSystem, str]:
     """The fsspec filesystem and the path for ``url``; local directories create their parents on write."""
     from fsspec.core import url_to_fs  # imported when needed: it takes longer than the rest of cloudbutton
@@ -64,18 +76,57 @@ def filesystem(url: str, **storage_options: Any) -> tuple[fsspec.AbstractFileSys
 
 @contextmanager
 def storage_errors(url: str, verb: str, missing: str = "no object at") -> Iterator[None]:
-    """Re-raise what fsspec raises as a StorageError naming ``url``: ``missing`` for a missing
-    object, bucket or folder, "permission denied" for refused credentials, else "cannot <verb>"."""
+    """Re-raise what fsspec raises as a StorageError naming ``url``: a failed connection names the
+    endpoint; ``missing`` for a missing object, bucket or folder (a write, whose ``verb`` starts with
+    "write", says it cannot write and why); "permission denied" for refused credentials, else
+    "cannot <verb>"."""
     try:
         yield
     except (CloudbuttonError, TypeError, AttributeError):  # ours, or a programming error: as they are
         raise
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
-        raise StorageError(f"{missing} {url}: {e}") from e
-    except PermissionError as e:
-        raise StorageError(f"permission denied: cannot {verb} {url}: {e}") from e
     except Exception as e:  # botocore / aiohttp / OS errors: an unreachable endpoint, a timeout, ...
-        raise StorageError(f"cannot {verb} {url}: {type(e).__name__}: {e}") from e
+        raise StorageError(_storage_message(e, url, verb, missing)) from e
+
+
+def _storage_message(e: Exception, url: str, verb: str, missing: str) -> str:
+    unreachable = _connection_failure(e, url)
+    if unreachable:
+        return f"cannot {verb} {url}: {unreachable}"
+    if isinstance(e, FileNotFoundError | IsADirectoryError | NotADirectoryError):
+        if not verb.startswith("write"):
+            return f"{missing} {url}: {e}"
+        why = "the folder or bucket does not exist: " if isinstance(e, FileNotFoundError) else ""
+        return f"cannot {verb} {url}: {why}{e}"
+    if isinstance(e, PermissionError):
+        return f"permission denied: cannot {verb} {url}: {e}"
+    return f"cannot {verb} {url}: {type(e).__name__}: {e}"
+
+
+def _connection_failure(e: BaseException | None, url: str) -> str | None:
+    """If ``e`` comes from a connection that could not be made (refused, unknown host, ...), what to
+    say: the endpoint and what to check; else None."""
+    endpoint, seen = url, set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        kwargs = getattr(e, "kwargs", None)  # botocore's EndpointConnectionError names the endpoint
+        if isinstance(kwargs, dict) and isinstance(kwargs.get("endpoint_url"), str):
+            endpoint = kwargs["endpoint_url"]
+        cause = getattr(e, "os_error", e)  # aiohttp's ClientConnectorError holds the OS error
+        if isinstance(cause, ConnectionRefusedError):
+            why = "connection refused"
+        elif isinstance(cause, socket.gaierror):
+            why = f"unknown host: {cause.strerror}"
+        elif cause is not e and isinstance(cause, OSError):
+            why = str(cause)  # e.g. several addresses, none of which answered
+        else:
+            e = e.__cause__ or e.__context__
+            continue
+        parts = urlsplit(endpoint)
+        where = f"{parts.scheme}://{parts.netloc}" if parts.netloc else endpoint
+        check = "endpoint_url (or AWS_ENDPOINT_URL)" if url.startswith(("s3://", "s3a://")) else "the URL"
+        hint = f"check that the server is running and that {check} is right"
+        return f"cannot connect to the endpoint {where} ({why}); {hint}"
+    return None
 
 
 def _is_object(info: dict) -> bool:
@@ -138,7 +189,7 @@ class Storage:
         path = self._path(key, bucket)
         if isinstance(body, str):
             body = body.encode()
-        with storage_errors(self.fs.unstrip_protocol(path), "write", missing="cannot write"):
+        with storage_errors(self.fs.unstrip_protocol(path), "write"):
             if isinstance(body, bytes | bytearray | memoryview):
                 self.fs.pipe_file(path, bytes(body))
             else:
@@ -346,7 +397,7 @@ def upload(local_paths: list[str], url: str, recursive: bool = False, **storage_
     """Copy local files (folders too if ``recursive``) to ``url`` with ``cp`` rules; returns the URLs written."""
     fs, dest = filesystem(url, **storage_options)
     sources = [_local_sources(local, recursive) for local in local_paths]
-    with storage_errors(url, "write", missing="cannot write"):
+    with storage_errors(url, "write"):
         inside = len(sources) > 1 or url.endswith("/") or fs.isdir(dest)
         pairs = _targets(sources, dest, inside)
         if pairs:

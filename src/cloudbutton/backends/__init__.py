@@ -47,6 +47,8 @@ class ResultSink(Protocol):
 class Backend(abc.ABC):
     """Runs batches of calls. Subclasses implement ``submit`` and usually ``close``."""
 
+    shares_host = False  # whether workers see the caller's files, sys.path and cwd (and import its modules)
+
     def __init__(self, config: Config):
         self.config = config
 

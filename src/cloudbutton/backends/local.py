@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import contextlib
 import dataclasses
 import mmap
 import os
@@ -192,6 +193,7 @@ class WorkerPool:
 
     def __init__(self, size: int):
         self.size = size
+        self.owner_pid = os.getpid()  # a forked child has neither its workers nor its thread
         self._queue: collections.deque[_Queued] = collections.deque()
         self._lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
@@ -244,6 +246,8 @@ class WorkerPool:
         return [w.proc.pid for w in self._workers]
 
     def close(self) -> None:
+        if self.owner_pid != os.getpid():
+            return  # the parent's, copied by a fork: its workers are the parent's to stop
         self._closed = True
         self._wake()
         if threading.current_thread() is not self._thread:
@@ -468,6 +472,20 @@ def _private_pool(size: int) -> WorkerPool:
     return pool
 
 
+def _forget_parent_pools() -> None:
+    """In a forked child: the parent's pools, their workers and threads are not the child's; it
+    makes its own at first use (reusing the parent's would hang, as no thread of the child feeds them)."""
+    global _pools, _private_pools, _pools_lock
+    for pool in [*_pools.values(), *_private_pools]:
+        for w in pool._workers:
+            with contextlib.suppress(OSError):
+                w.close()  # the child's copies of the parent's sockets
+    _pools, _private_pools, _pools_lock = {}, set(), threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_parent_pools)
+
+
 @atexit.register
 def close_pools() -> None:
     """Stop every warm worker (also run at interpreter exit)."""
@@ -537,7 +555,7 @@ class LocalBackend(Backend):
     def pool(self) -> WorkerPool:
         """The shared pool of this size (or this backend's own, after ``reserve``); a new one if it broke."""
         with self._lock:
-            if self._pool is None or self._pool.broken:
+            if self._pool is None or self._pool.broken or self._pool.owner_pid != os.getpid():
                 size = self.size if self._pool is None else self._pool.size
                 if self._own_pool:
                     with _pools_lock:
