@@ -2,6 +2,7 @@
 processes (after CPython's _test_multiprocessing.py)."""
 
 import ctypes
+import gc
 import multiprocessing
 import pickle
 import queue
@@ -13,7 +14,7 @@ from mp_store import finished, mp_store, no_orphans, run  # noqa: F401 - fixture
 from cloudbutton import multiprocessing as mp
 from cloudbutton.errors import StateError
 from cloudbutton.multiprocessing import queues as mp_queues
-from cloudbutton.multiprocessing.managers import Manager, SyncManager
+from cloudbutton.multiprocessing.managers import BaseManager, BaseProxy, Manager, RemoteError, SyncManager
 from cloudbutton.multiprocessing.synchronize import Lock, RLock
 from cloudbutton.multiprocessing.values import Array, RawArray, RawValue, Value
 from cloudbutton.state import state_url
@@ -277,7 +278,209 @@ def test_sync_manager_must_be_started():
     manager.shutdown()
     with SyncManager() as started:  # started by its with block
         assert started.dict(k="v")["k"] == "v"
-        with pytest.raises(NotImplementedError, match="Pool"):
-            started.Pool(2)
-    with pytest.raises(NotImplementedError, match="@shared"):
-        SyncManager.register("Thing", object)
+
+
+# --- proxies inside containers: reference counts kept by the server -------------------------------------
+
+def store_keys(*names) -> list:
+    r = redis.Redis.from_url(state_url())
+    return [key for name in names for key in r.keys(f"*:{name}")]
+
+
+def read_first_a(outer):
+    return outer[0]["a"]
+
+
+def check_first_a(outer, expected):
+    assert read_first_a(outer) == expected
+
+
+def keep_in(container, proxy):
+    container.append(proxy)
+
+
+def test_a_proxy_stored_in_a_container_outlives_the_proxy_that_made_it():
+    manager = Manager()
+    outer, inner = manager.list(), manager.dict()
+    inner["a"] = 1
+    outer.extend([inner, manager.Value("i", 7), manager.Namespace(x=8)])
+    names = outer.name, inner.name
+    del inner
+    gc.collect()
+    assert outer[0]["a"] == 1 and outer[1].value == 7 and outer[2].x == 8
+    assert finished(run(check_first_a, outer, 1)) == [0]  # the outer passed to and read in a Process
+    with mp.Pool(1) as pool:  # and read in a worker
+        assert pool.apply(read_first_a, (outer,)) == 1
+    outer[0]["a"] = 2
+    assert outer[0]["a"] == 2
+    del outer
+    gc.collect()
+    assert store_keys(*names) == []  # the outer went, and the inner with it
+    manager.shutdown()
+
+
+def test_references_follow_the_items_that_hold_them():
+    manager = Manager()
+    outer, d, lst = manager.dict(), manager.dict(a=1), manager.list([1])
+    names = d.name, lst.name
+    outer.update(x=d, y=[lst, lst], z=d)
+    outer["w"] = lst
+    ring = manager.list()
+    ring.append(ring)  # a container that holds itself lives until shutdown (as in the standard library)
+    del d, lst
+    gc.collect()
+    assert outer["x"]["a"] == 1 and outer["y"][1][0] == 1
+    popped = outer.pop("x")  # a popped proxy keeps its object
+    del outer["w"], outer["y"]
+    assert outer["z"] is not None and store_keys(names[1]) == []  # no item refers to the list any more
+    outer.clear()
+    gc.collect()
+    assert popped["a"] == 1  # the popped proxy still holds the dict
+    del popped
+    gc.collect()
+    assert store_keys(*names) == []
+    assert ring[0] == ring and store_keys(ring.name)
+    manager.shutdown()
+    assert store_keys(ring.name) == []
+
+
+def test_a_proxy_stored_by_another_process_and_list_rewrites_keep_the_counts():
+    manager = Manager()
+    outer, inner = manager.list(), manager.list(["kept"])
+    name = inner.name
+    assert finished(run(keep_in, outer, inner)) == [0]
+    outer.extend([inner, 3])
+    del inner
+    gc.collect()
+    outer.sort(key=str)  # rewrites the whole list: the references move with the items
+    outer[1:] = [outer[1]]
+    assert [x if isinstance(x, int) else x[:] for x in outer] == [3, ["kept"]]
+    outer.remove(3)
+    outer.insert(0, outer[0])
+    del outer[1]
+    assert outer[0][0] == "kept"
+    outer.pop()
+    gc.collect()
+    assert store_keys(name) == []
+    manager.shutdown()
+
+
+def test_a_proxy_to_a_deleted_object_raises_instead_of_reading_empty():
+    manager = Manager()
+    outer, inner = manager.list(), manager.dict(a=1)
+    outer.append(inner)
+    data = pickle.dumps(inner)
+    copy = outer[0]
+    manager.shutdown()
+    for handle in (copy, pickle.loads(data)):
+        with pytest.raises(StateError, match="deleted"):
+            handle["a"]
+
+
+# --- the standard library's dict iteration, registered types, Pool --------------------------------------
+
+def test_iterating_a_dict_that_changes_size_raises_like_a_dict():
+    with Manager() as manager:
+        d = manager.dict(a=1, b=2)
+        for change in (lambda: d.clear(), lambda: d.__setitem__("c", 3), lambda: d.pop("a")):
+            it = iter(d)
+            change()
+            with pytest.raises(RuntimeError, match="changed size during iteration"):
+                list(it)
+            d.update(a=1, b=2)
+            d.pop("c", None)
+        it = iter(d)
+        first = next(it)
+        d[first] = 10  # a change of value is no change of size, as for a dict
+        assert list(it) == [{"a": "b", "b": "a"}[first]]
+        expected = {"a": 1, "b": 2, first: 10}
+        assert d.keys() == list(d) and sorted(d.items()) == sorted(expected.items())  # lists, as the standard library's
+        assert isinstance(d.values(), list) and sorted(d.values()) == sorted(expected.values())
+
+
+def test_a_list_iterator_reads_as_it_goes():
+    with Manager() as manager:
+        lst = manager.list(range(300))
+        it = iter(lst)
+        lst[0] = 100
+        assert next(it) == 100  # read at the first next(), as the standard library's iterator
+        lst.append(300)
+        assert list(it) == list(range(1, 301)) and list(it) == []
+
+
+class Maths:
+    def __init__(self, start=0):
+        self.total = start
+
+    def add(self, a, b):
+        return a + b
+
+    def accumulate(self, n):
+        self.total += n
+        return self.total
+
+    def fail(self):
+        raise ValueError("refused")
+
+    def _hidden(self):
+        return "hidden"
+
+
+class MathsProxy(BaseProxy):
+    _exposed_ = ("accumulate", "_hidden")
+
+    def accumulate(self, n):
+        return self._callmethod("accumulate", (n,))
+
+
+class MathsManager(BaseManager):
+    pass
+
+
+MathsManager.register("Maths", Maths)
+MathsManager.register("Hidden", Maths, exposed=("add", "_hidden"))
+MathsManager.register("Custom", Maths, proxytype=MathsProxy)
+
+
+def accumulate(maths, times):
+    for _ in range(times):
+        maths.accumulate(1)
+
+
+def test_base_manager_register_makes_shared_objects_in_the_store():
+    with MathsManager() as manager:
+        maths = manager.Maths(10)
+        assert maths.add(4, 3) == 7 and maths.accumulate(5) == 15
+        assert [m for m in ("add", "accumulate", "fail", "_hidden") if hasattr(maths, m)] == ["add", "accumulate",
+                                                                                               "fail"]
+        with pytest.raises(ValueError, match="refused"):
+            maths.fail()
+        with pytest.raises(RemoteError, match="not in exposed"):
+            maths._callmethod("_hidden")
+        ps = [run(accumulate, maths, 10) for _ in range(2)]
+        accumulate(maths, 10)
+        assert finished(*ps) == [0, 0]
+        assert maths._getvalue().total == 45 and str(maths).startswith("<test_mp_managers.Maths object")
+        hidden = manager.Hidden()
+        assert hidden._hidden() == "hidden" and not hasattr(hidden, "accumulate")
+        custom = manager.Custom(1)
+        assert isinstance(custom, MathsProxy) and custom.accumulate(1) == 2 and custom._callmethod("_hidden")
+        assert pickle.loads(pickle.dumps(custom)).accumulate(1) == 3
+        with Manager() as other:
+            d = other.dict(m=custom)
+            del custom
+            gc.collect()
+            assert d["m"].accumulate(1) == 4  # a registered object in a manager dict lives as long as the item
+    with pytest.raises(StateError, match="deleted"):
+        maths.add(1, 2)
+    with pytest.raises(NotImplementedError, match="method_to_typeid"):
+        MathsManager.register("Other", Maths, method_to_typeid={"add": "Maths"})
+    assert not hasattr(SyncManager, "Maths")  # registering on a subclass leaves the others alone
+
+
+def test_sync_manager_pool_is_terminated_at_shutdown():
+    with Manager() as manager:
+        pool = manager.Pool(2)
+        assert pool.map(abs, [-1, -2]) == [1, 2]
+    with pytest.raises(ValueError, match="not running"):
+        pool.map(abs, [-1])

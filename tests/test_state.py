@@ -1,6 +1,7 @@
 """Shared state objects on a real (embedded Valkey) server, used from the client and from workers."""
 
 import contextlib
+import gc
 import os
 import pickle
 import socket
@@ -621,6 +622,61 @@ def test_other_handles_see_a_deleted_object_as_new(raw):
     second.delete()
     SharedList(name).append(1)  # a new handle reuses the name
     SharedList(name).delete()
+
+
+# --- reference-counted objects ------------------------------------------------------------------
+
+class CountedDict(SharedDict):
+    _counted = True
+
+
+class CountedList(SharedList):
+    _counted = True
+
+
+def nest(outer, inner):
+    outer["inner"] = inner
+    return outer["inner"]["v"]
+
+
+def stored(raw_client, *names) -> list:
+    return [key for name in names for key in raw_client.keys(f"cloudbutton:*:{name}")]
+
+
+def test_a_counted_object_lives_while_a_handle_or_an_item_refers_to_it(raw):
+    outer, inner = CountedDict(unique("outer")), CountedDict(unique("inner"))
+    inner["v"] = 1
+    names = outer.name, inner.name
+    with FunctionExecutor(max_workers=1) as fexec:  # a worker stores the handle it was given
+        assert fexec.get_result(fexec.call_async(nest, (outer, inner))) == 1
+    del inner
+    gc.collect()
+    assert outer["inner"]["v"] == 1
+    plain = SharedDict(unique("plain"))
+    plain["o"] = (outer, "any value")  # a plain container's items hold references too
+    del outer
+    gc.collect()
+    assert plain["o"][0]["inner"]["v"] == 1 and len(stored(raw, *names)) == 6
+    plain.delete()  # drops its items' references: the outer goes, and the inner with it
+    gc.collect()
+    assert stored(raw, *names) == []
+
+
+def test_deleting_a_counted_object_ignores_its_count(raw):
+    a, b = CountedList(unique("a")), CountedList(unique("b"))
+    a.extend([b, b])
+    data = pickle.dumps(a)
+    assert raw.get(f"cloudbutton:refs:{b.name}") == b"3"
+    a.delete()
+    assert stored(raw, a.name) == [] and raw.get(f"cloudbutton:refs:{b.name}") == b"1"
+    with pytest.raises(StateError, match="was deleted"):
+        pickle.loads(data).append(1)
+    b.append(1)
+    assert b[:] == [1]
+    name = b.name
+    del b
+    gc.collect()
+    assert stored(raw, name) == []
 
 
 # --- review fixes: no resent writes, canonical dict keys, 64-bit ints, bounded caches, scripts -----

@@ -75,11 +75,18 @@ class SharedClassObject(SharedObject):
         r = self._r
         if r.exists(self._key):
             return
-        initial = self.__wrapped__(*args, **kwargs)
-        run_script(r, _INIT, [self._key], [os.urandom(8).hex(), self._dump(initial)])
+        run_script(r, _INIT, [self._key], [os.urandom(8).hex(), self._dump(self._initial(args, kwargs))])
+
+    def _initial(self, args: tuple, kwargs: dict) -> Any:
+        """The object whose state is stored first."""
+        return self.__wrapped__(*args, **kwargs)
+
+    def _state_of(self, obj: Any) -> Any:
+        """What is stored of ``obj``: its ``__dict__``."""
+        return obj.__dict__
 
     def _dump(self, obj: Any) -> bytes:
-        return _dumps(obj.__dict__, f"the state of {self!r}")
+        return _dumps(self._state_of(obj), f"the state of {self!r}")
 
     def _load(self, data: bytes) -> Any:
         obj = object.__new__(self.__wrapped__)
@@ -101,7 +108,7 @@ class SharedClassObject(SharedObject):
             obj = self._load(data)
             result = func(obj, *args, **kwargs)
             new = self._dump(obj)
-            if new == data or _same_state(obj, data):
+            if new == data or _same_state(self._state_of(obj), data):
                 return result
             answer = run_script(r, _CAS, [self._key], [tag, os.urandom(8).hex(), new])
             if answer == 1:
@@ -114,11 +121,11 @@ class SharedClassObject(SharedObject):
             time.sleep(random.random() * min(0.02, 0.0002 * 2**attempt))  # spread out colliding retries
 
 
-def _same_state(obj: Any, data: bytes) -> bool:
-    """Whether ``obj``'s state equals the state pickled in ``data`` (equal states may pickle differently,
-    e.g. sets of strings, whose order depends on the process); False when ``==`` cannot tell (arrays)."""
+def _same_state(state: Any, data: bytes) -> bool:
+    """Whether ``state`` equals the state pickled in ``data`` (equal states may pickle differently, e.g. sets of
+    strings, whose order depends on the process); False when ``==`` cannot tell (arrays)."""
     try:
-        return bool(pickle.loads(data) == obj.__dict__)
+        return bool(pickle.loads(data) == state)
     except Exception:
         return False
 

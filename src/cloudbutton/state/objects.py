@@ -20,6 +20,22 @@ Other handles to the same name, in this process or others, are not told: they se
 a handle in another process that already checked the name does not write the record again). To reuse
 the name, possibly with another type, construct a new handle.
 
+Reference counts
+----------------
+A handle class with ``_counted = True`` (the ``Manager()`` proxies of :mod:`cloudbutton.multiprocessing`) makes
+objects that delete themselves: the server keeps a count of the references to each (``cloudbutton:refs:NAME``),
+changed only by server-side scripts. Each such handle alive in some process holds one (taken when it is
+constructed or unpickled, dropped when it is garbage-collected or at exit), and so does each item of a
+``SharedDict`` or ``SharedList`` that refers to it (an item stored with the names of the counted objects it
+pickles; storing, overwriting and removing items change the counts in the same script). An object whose
+count reaches zero is deleted, and the references its own items held are dropped in turn. ``pop``-like
+operations hand the item's references over to the handles they return. ``delete()`` on a counted handle
+deletes the object whatever its count. A container that holds itself, directly or not, lives until it is
+deleted so; references from ``ttl`` containers that expire, or from processes killed before they could drop
+theirs, are never dropped. A handle read from an item takes its reference just after the read: if the object
+lost its last reference elsewhere meanwhile, that handle raises StateError when used. The scripts reach the
+keys of the objects an item names, so counted objects need one server (not a Redis Cluster).
+
 Consistency
 -----------
 Set per handle with ``consistency=`` and ``replicas=``:
@@ -50,6 +66,7 @@ import os
 import pickle
 import sys
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Iterator, MutableMapping, MutableSequence
 from typing import Any
@@ -66,6 +83,7 @@ from .server import state_url
 PREFIX = "cloudbutton:"
 _OBJ_PREFIX = PREFIX + "obj:"
 _TYPE_PREFIX = PREFIX + "type:"
+_REFS_PREFIX = PREFIX + "refs:"
 CONSISTENCY_LEVELS = ("strong", "eventual")
 
 _clients: dict[tuple[str, bool], redis.Redis] = {}
@@ -105,6 +123,12 @@ class _Checked:
         with self._lock:
             self._items.pop(token, None)
 
+    def discard_names(self, url: str, names: Iterable[str]) -> None:
+        names = set(names)
+        with self._lock:
+            for token in [t for t in self._items if t[0] == url and t[1] in names]:
+                del self._items[token]
+
     def discard_url(self, url: str) -> None:
         with self._lock:
             for token in [t for t in self._items if t[0] == url]:
@@ -118,6 +142,7 @@ class _Checked:
 _checked = _Checked()
 
 _CLAIM_TYPE = """
+if ARGV[3] == '1' and redis.call('EXISTS', KEYS[2]) == 0 then return false end
 local found = redis.call('GET', KEYS[1])
 if found then return found end
 if ARGV[2] == '0' then redis.call('SET', KEYS[1], ARGV[1]) else redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) end
@@ -354,6 +379,7 @@ class SharedObject:
     """
 
     _type_name = "object"
+    _counted = False  # reference-counted: see "Reference counts"
 
     def __init__(self, name: str, url: str | None = None, *, ttl: float | None = None,
                  consistency: str = "strong", replicas: int = 0):
@@ -373,7 +399,7 @@ class SharedObject:
         self.replicas = replicas
         self._redis: redis.Redis | None = None
         self._pid = 0
-        self._deleted = False
+        self._deleted: bool | str = False  # True: deleted through this handle; a str: why it is unusable
         self._key = _OBJ_PREFIX + name
         self._type_key = _TYPE_PREFIX + name
         self._token = (self.url, name, self._type_name)  # in _checked once this process claimed the name
@@ -386,7 +412,17 @@ class SharedObject:
 
     def __reduce__(self):
         settings = {"ttl": self.ttl, "consistency": self.consistency, "replicas": self.replicas}
-        return type(self)._from_handle, (self.name, self.url), settings
+        if not self._counted:
+            return type(self)._from_handle, (self.name, self.url), settings
+        refs = getattr(_pickling, "refs", None)
+        if refs is not None:  # pickled into a container's item: the item will hold a reference
+            refs.append((self.url, self.name))
+        return _rebuild_counted, (type(self), self.name, self.url), settings
+
+    def _keep(self, reference: _Reference) -> None:
+        """Hold ``reference`` (to this counted object) as long as this handle lives; subclasses may register
+        the finalizer elsewhere."""
+        weakref.finalize(self, reference.delete)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
@@ -408,8 +444,8 @@ class SharedObject:
     @property
     def _r(self) -> redis.Redis:
         if self._deleted:
-            raise StateError(f"{self!r} was deleted through this handle; construct a new handle to use the "
-                             "name again")
+            raise StateError(self._deleted if isinstance(self._deleted, str) else
+                             f"{self!r} was deleted through this handle; construct a new handle to use the name again")
         r = self._redis
         if r is None or self._pid != os.getpid() or self._token not in _checked:  # the latter: deleted elsewhere
             r = self._redis = self._connect()
@@ -418,7 +454,11 @@ class SharedObject:
 
     @_state_op
     def _claim(self) -> None:
-        """Connect and claim the name now (at construction), so a clash with another type is raised here."""
+        """Connect and claim the name now (at construction), so a clash with another type is raised here. A
+        counted handle takes its reference first (creating the count of a new object)."""
+        if self._counted:
+            _client_for(self.url).incr(_REFS_PREFIX + self.name)
+            self._keep(_Reference(self.url, self.name))
         self._r  # noqa: B018
 
     @_state_op
@@ -434,7 +474,10 @@ class SharedObject:
         r = _client_for(self.url)
         token = self._token
         if token not in _checked:
-            found = run_script(r, _CLAIM_TYPE, [self._type_key], [self._type_name, self._ttl_ms])
+            found = run_script(r, _CLAIM_TYPE, [self._type_key, _REFS_PREFIX + self.name],
+                               [self._type_name, self._ttl_ms, int(self._counted)])
+            if found is None:
+                raise StateError(_gone(self))
             found = found.decode() if isinstance(found, bytes) else found
             if found != self._type_name:
                 raise StateError(
@@ -500,7 +543,10 @@ class SharedObject:
 
     @_state_op
     def _delete(self) -> None:
-        self._write(lambda c: c.delete(*self._keys(), self._type_key), touch=False)
+        if self._counted:  # whatever its count: what its items refer to loses their references
+            self._write(lambda c: run_script(c, _REFS_LUA + _DELETE_COUNTED, [], [self.name]), touch=False)
+        else:
+            self._write(lambda c: c.delete(*self._keys(), self._type_key), touch=False)
 
 
 # --- numbers and references ---------------------------------------------------------------------------
@@ -712,6 +758,146 @@ def run_script(r: redis.Redis | redis.client.Pipeline, source: str, keys: list, 
     return script(keys=keys, args=args, client=r)
 
 
+# --- reference counts (see "Reference counts") ---------------------------------------------------------
+
+_pickling = threading.local()  # .refs: (url, name) of the counted handles pickled meanwhile (see _dump_item)
+_unpickling = threading.local()  # .handles: the counted handles unpickled meanwhile (see _load_items)
+
+_HAS_REFS = b"\x01"  # an item that refers to counted objects: b"\x01" + b"%d:" % len(names) + names + pickle
+
+_REFS_LUA = f"""
+local OBJ, TYPE, REFS = '{_OBJ_PREFIX}', '{_TYPE_PREFIX}', '{_REFS_PREFIX}'
+local function refs_of(v, out)  -- append the names an item refers to to out; return out
+  if v and string.byte(v, 1) == 1 then
+    local colon = string.find(v, ':', 2, true)
+    local stop, at = colon + tonumber(string.sub(v, 2, colon - 1)), colon + 1
+    while at <= stop do
+      local c = string.find(v, ':', at, true)
+      local n = tonumber(string.sub(v, at, c - 1))
+      out[#out + 1] = string.sub(v, c + 1, c + n)
+      at = c + n + 1
+    end
+  end
+  return out
+end
+local function items_of(key)
+  local t = redis.call('TYPE', key)['ok']
+  if t == 'hash' then return redis.call('HVALS', key) end
+  if t == 'list' then return redis.call('LRANGE', key, 0, -1) end
+  return {{}}
+end
+local function release(names)  -- drop a reference to each; delete those left with none, and release what they held
+  while #names > 0 do
+    local name = table.remove(names)
+    if redis.call('EXISTS', REFS .. name) == 1 and redis.call('DECR', REFS .. name) <= 0 then
+      for _, item in ipairs(items_of(OBJ .. name)) do refs_of(item, names) end
+      redis.call('DEL', OBJ .. name, TYPE .. name, REFS .. name)
+    end
+  end
+end
+local function take(v)  -- a reference to each object item v refers to (those still there)
+  for _, name in ipairs(refs_of(v, {{}})) do
+    if redis.call('EXISTS', REFS .. name) == 1 then redis.call('INCR', REFS .. name) end
+  end
+end
+local function drop(v) release(refs_of(v, {{}})) end
+"""
+
+_TAKE = """
+local alive = {}
+for i, name in ipairs(ARGV) do
+  alive[i] = redis.call('EXISTS', REFS .. name)
+  if alive[i] == 1 then redis.call('INCR', REFS .. name) end
+end
+return alive
+"""
+
+_RELEASE = "release(ARGV)"
+
+_DELETE_COUNTED = """
+for _, name in ipairs(ARGV) do redis.call('SET', REFS .. name, 1) end
+release(ARGV)
+"""
+
+_CLEAR = """
+local items = items_of(KEYS[1])
+redis.call('DEL', unpack(KEYS))
+for _, item in ipairs(items) do drop(item) end
+"""
+"""Delete KEYS (KEYS[1] a container), dropping the references its items held."""
+
+
+def _gone(handle: SharedObject) -> str:
+    return (f"{handle!r} was deleted: nothing referred to it any more, or it was deleted explicitly (e.g. by its "
+            "Manager's shutdown())")
+
+
+class _Reference:
+    """A reference to the counted object ``name`` held by a handle of this process; ``delete()`` drops it (once,
+    and only in this process: not in a forked child)."""
+
+    def __init__(self, url: str, name: str):
+        self.url, self.name, self._pid = url, name, os.getpid()
+
+    def delete(self) -> None:
+        if self._pid != os.getpid():
+            return
+        self._pid = None
+        try:
+            run_script(_client_for(self.url), _REFS_LUA + _RELEASE, [], [self.name])
+        except (redis.RedisError, StateError):  # the server is gone (e.g. stopped at exit): so is the object
+            pass
+
+
+def _hold(handles: list[SharedObject], taken_at: str | None = None) -> None:
+    """Give each counted handle just unpickled a reference of its own. Those of store ``taken_at`` were counted
+    for them by the script that returned them; the others are taken now, one round trip per store. A handle
+    whose object is gone is made unusable (StateError)."""
+    pending: dict[str, list[SharedObject]] = {}
+    for handle in handles:
+        if handle.url == taken_at:
+            handle._keep(_Reference(handle.url, handle.name))
+        else:
+            pending.setdefault(handle.url, []).append(handle)
+    for url, group in pending.items():
+        try:
+            alive = run_script(_client_for(url), _REFS_LUA + _TAKE, [], [h.name for h in group])
+        except redis.RedisError as e:
+            raise StateError(f"state server {_redacted(url)} failed while taking a reference to {group[0]!r}: "
+                             f"{e}") from None
+        for handle, found in zip(group, alive, strict=True):
+            if found:
+                handle._keep(_Reference(url, handle.name))
+            else:
+                handle._deleted = _gone(handle)
+
+
+def _rebuild_counted(cls: type[SharedObject], name: str, url: str) -> SharedObject:
+    """Unpickle a counted handle: it holds a reference of its own (see _hold)."""
+    handle = cls._from_handle(name, url)
+    pending = getattr(_unpickling, "handles", None)
+    if pending is not None:
+        pending.append(handle)
+    else:
+        _hold([handle])
+    return handle
+
+
+def _delete_counted(url: str, names: list[str]) -> None:
+    """Delete the counted objects ``names`` of store ``url`` whatever their counts, in one round trip; this
+    process's handles to them become unusable (StateError)."""
+    run_script(_client_for(url), _REFS_LUA + _DELETE_COUNTED, [], names)
+    _checked.discard_names(url, names)
+
+
+def _item_body(data: bytes) -> bytes | memoryview:
+    """A stored item's pickle (without the names it refers to)."""
+    if data[:1] != _HAS_REFS:
+        return data
+    colon = data.index(b":")
+    return memoryview(data)[colon + 1 + int(data[1:colon]) :]
+
+
 _KEY_TYPES = "str, bytes, int, float, bool, None, an Enum member, or a tuple or frozenset of these"
 
 
@@ -794,6 +980,81 @@ def _dumps(value: Any, what: str) -> bytes:
 
 # --- containers ---------------------------------------------------------------------------------------
 
+class _Container(SharedObject):
+    """What SharedDict and SharedList share: items that refer to counted objects hold references to them."""
+
+    def _dump_item(self, value: Any, what: str) -> bytes:
+        """``value`` pickled as an item, prefixed by the names of the counted objects of this store it refers to."""
+        outer = getattr(_pickling, "refs", None)
+        _pickling.refs = refs = []
+        try:
+            data = _dumps(value, what)
+        finally:
+            _pickling.refs = outer
+        names = _joined(name.encode() for url, name in refs if url == self.url)
+        return _HAS_REFS + b"%d:" % len(names) + names + data if names else data
+
+    def _load_items(self, items: Iterable[bytes], taken: bool = False) -> list[Any]:
+        """Unpickle stored items; the counted handles in them get references of their own (``taken``: the
+        script that returned the items took them already)."""
+        items = list(items)
+        if not any(data[:1] == _HAS_REFS for data in items):
+            return [pickle.loads(data) for data in items]
+        outer = getattr(_unpickling, "handles", None)
+        _unpickling.handles = handles = []
+        try:
+            values = [pickle.loads(_item_body(data)) for data in items]
+        finally:
+            _unpickling.handles = outer
+        _hold(handles, self.url if taken else None)
+        return values
+
+    def _load_item(self, data: bytes, taken: bool = False) -> Any:
+        return self._load_items([data], taken)[0]
+
+    def _script(self, source: str, args: list) -> Any:
+        """Run a script of the reference-counting library on this container (KEYS[1]) as a write."""
+        return self._write(lambda c: run_script(c, _REFS_LUA + source, [self._key], args))
+
+    @_state_op
+    def _delete(self) -> None:
+        if self._counted:
+            return super()._delete()
+        self._write(lambda c: run_script(c, _REFS_LUA + _CLEAR, [*self._keys(), self._type_key], []), touch=False)
+
+    @_state_op
+    def clear(self) -> None:
+        self._script(_CLEAR, [])
+
+
+_DICT_SET = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+take(ARGV[2])
+drop(old)
+"""
+
+_DICT_DEL = """
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+if not old then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+drop(old)
+return 1
+"""
+
+_DICT_UPDATE = """
+local fields = {}
+for i = 1, #ARGV, 2 do fields[#fields + 1] = ARGV[i] end
+local old = {}
+for i = 1, #fields, 4000 do
+  local got = redis.call('HMGET', KEYS[1], unpack(fields, i, math.min(i + 3999, #fields)))
+  for _, v in ipairs(got) do old[#old + 1] = v end
+end
+for i = 1, #ARGV, 4000 do redis.call('HSET', KEYS[1], unpack(ARGV, i, math.min(i + 3999, #ARGV))) end
+for i = 2, #ARGV, 2 do take(ARGV[i]) end
+for _, v in ipairs(old) do drop(v) end
+"""
+
 _DICT_POP = """
 local v = redis.call('HGET', KEYS[1], ARGV[1])
 if v then redis.call('HDEL', KEYS[1], ARGV[1]) end
@@ -807,14 +1068,16 @@ return pair
 """
 
 _DICT_SETDEFAULT = """
-redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2])
-return redis.call('HGET', KEYS[1], ARGV[1])
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 1 then take(ARGV[2]) end
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+take(v)
+return v
 """
 
 _MISSING = object()
 
 
-class SharedDict(SharedObject, MutableMapping):
+class SharedDict(_Container, MutableMapping):
     """A dict shared by name (a Redis hash); values are any picklable object.
 
     Keys are ``str``, ``bytes``, ``int``, ``float``, ``bool``, ``None``, ``Enum`` members, or tuples or
@@ -838,18 +1101,15 @@ class SharedDict(SharedObject, MutableMapping):
         data = self._read(("hget", field), lambda r: r.hget(self._key, field))
         if data is None:
             raise KeyError(key)
-        return pickle.loads(data)
+        return self._load_item(data)
 
     @_state_op
     def __setitem__(self, key: Any, value: Any) -> None:
-        field = _encode_key(key)
-        data = _dumps(value, f"the value for key {key!r}")
-        self._write(lambda c: c.hset(self._key, field, data))
+        self._script(_DICT_SET, [_encode_key(key), self._dump_item(value, f"the value for key {key!r}")])
 
     @_state_op
     def __delitem__(self, key: Any) -> None:
-        field = _encode_key(key)
-        if not self._write(lambda c: c.hdel(self._key, field)):
+        if not self._script(_DICT_DEL, [_encode_key(key)]):
             raise KeyError(key)
 
     @_state_op
@@ -876,14 +1136,14 @@ class SharedDict(SharedObject, MutableMapping):
     def to_dict(self) -> dict[Any, Any]:
         """A local copy of the whole dict, read in one round trip."""
         items = self._read("hgetall", lambda r: r.hgetall(self._key))
-        return {_decode_key(k): pickle.loads(v) for k, v in items.items()}
+        return dict(zip(map(_decode_key, items), self._load_items(items.values()), strict=True))
 
     @_state_op
     def pop(self, key: Any, default: Any = _MISSING) -> Any:
         field = _encode_key(key)
         data = self._write(lambda c: run_script(c, _DICT_POP, [self._key], [field]))
         if data is not None:
-            return pickle.loads(data)
+            return self._load_item(data, taken=True)
         if default is _MISSING:
             raise KeyError(key)
         return default
@@ -896,7 +1156,7 @@ class SharedDict(SharedObject, MutableMapping):
             raise KeyError(f"popitem(): {self!r} is empty")
         field, data = pair
         try:
-            return _decode_key(field), pickle.loads(data)
+            return _decode_key(field), self._load_item(data, taken=True)
         except Exception:
             self._write(lambda c: c.hsetnx(self._key, field, data))  # put it back: nothing is lost
             raise
@@ -904,20 +1164,17 @@ class SharedDict(SharedObject, MutableMapping):
     @_state_op
     def setdefault(self, key: Any, default: Any = None) -> Any:
         field = _encode_key(key)
-        data = _dumps(default, f"the value for key {key!r}")
-        return pickle.loads(self._write(lambda c: run_script(c, _DICT_SETDEFAULT, [self._key], [field, data])))
+        data = self._dump_item(default, f"the value for key {key!r}")
+        return self._load_item(self._script(_DICT_SETDEFAULT, [field, data]), taken=True)
 
     @_state_op
     def update(self, other: Any = (), /, **kwargs: Any) -> None:
         """Set all the items given (like ``dict.update``) in one round trip."""
         items = {**dict(other), **kwargs}
-        mapping = {_encode_key(k): _dumps(v, f"the value for key {k!r}") for k, v in items.items()}
-        if mapping:
-            self._write(lambda c: c.hset(self._key, mapping=mapping))
-
-    @_state_op
-    def clear(self) -> None:
-        self._write(lambda c: c.delete(self._key))
+        args = [part for k, v in items.items()
+                for part in (_encode_key(k), self._dump_item(v, f"the value for key {k!r}"))]
+        if args:
+            self._script(_DICT_UPDATE, args)
 
     __hash__ = SharedObject.__hash__
     __eq__ = SharedObject.__eq__
@@ -957,7 +1214,10 @@ local n = redis.call('LLEN', KEYS[1])
 local i = tonumber(ARGV[1])
 if i < 0 then i = i + n end
 if i < 0 or i >= n then return 0 end
+local old = redis.call('LINDEX', KEYS[1], i)
 redis.call('LSET', KEYS[1], i, ARGV[2])
+take(ARGV[2])
+drop(old)
 return 1
 """
 
@@ -974,10 +1234,12 @@ else
   redis.call('LSET', KEYS[1], i, ARGV[3])
   redis.call('LREM', KEYS[1], 1, ARGV[3])
 end
+if ARGV[4] == '1' then drop(v) end
 return v
 """
 
 _LIST_INSERT = """
+take(ARGV[2])
 local n = redis.call('LLEN', KEYS[1])
 local i = tonumber(ARGV[1])
 if i < 0 then i = math.max(i + n, 0) end
@@ -988,6 +1250,23 @@ redis.call('LSET', KEYS[1], i, ARGV[3])
 redis.call('LINSERT', KEYS[1], 'BEFORE', ARGV[3], ARGV[2])
 redis.call('LSET', KEYS[1], i + 1, old)
 return n + 1
+"""
+
+_LIST_EXTEND = """
+for _, v in ipairs(ARGV) do
+  redis.call('RPUSH', KEYS[1], v)
+  take(v)
+end
+"""
+
+_LIST_REPLACE = """
+local old = redis.call('LRANGE', KEYS[1], 0, -1)
+redis.call('DEL', KEYS[1])
+for _, v in ipairs(ARGV) do
+  redis.call('RPUSH', KEYS[1], v)
+  take(v)
+end
+for _, v in ipairs(old) do drop(v) end
 """
 
 _LIST_REVERSE = """
@@ -1001,7 +1280,7 @@ def _slice_arg(value: Any) -> str:
     return "" if value is None else str(operator.index(value))
 
 
-class SharedList(SharedObject, MutableSequence):
+class SharedList(_Container, MutableSequence):
     """A list shared by name (a Redis list) of any picklable values.
 
     Every method is one round trip and atomic on the server: ``append``/``extend`` (one ``RPUSH``),
@@ -1029,76 +1308,84 @@ class SharedList(SharedObject, MutableSequence):
                 raise ValueError("slice step cannot be zero")
             args = [_slice_arg(index.start), _slice_arg(index.stop), _slice_arg(index.step or 1)]
             items = self._read(("slice", *args), lambda r: run_script(r, _LIST_SLICE, [self._key], args))
-            return [pickle.loads(data) for data in items]
+            return self._load_items(items)
         i = operator.index(index)
         data = self._read(("lindex", i), lambda r: r.lindex(self._key, i))
         if data is None:
             raise IndexError(f"{self!r} index {i} out of range")
-        return pickle.loads(data)
+        return self._load_item(data)
 
     @_state_op
     def __setitem__(self, index, value: Any) -> None:
         if isinstance(index, slice):
             raise TypeError(f"{self!r} does not support slice assignment")
-        args = [str(operator.index(index)), _dumps(value, "a list item")]
-        if not self._write(lambda c: run_script(c, _LIST_SET, [self._key], args)):
+        args = [str(operator.index(index)), self._dump_item(value, "a list item")]
+        if not self._script(_LIST_SET, args):
             raise IndexError(f"{self!r} assignment index {index} out of range")
 
     def __delitem__(self, index) -> None:
         if isinstance(index, slice):
             raise TypeError(f"{self!r} does not support slice deletion")
-        self.pop(index)
+        if self._pop(index, None, drop=True) == -1:
+            raise IndexError(f"{self!r} assignment index {index} out of range")
 
     @_state_op
-    def _pop(self, index: int, expected: bytes | None) -> Any:
-        """Remove the item at ``index`` (only if its bytes are ``expected``, when given); return its bytes.
+    def _pop(self, index: int, expected: bytes | None, drop: bool = False) -> Any:
+        """Remove the item at ``index`` (only if its bytes are ``expected``, when given); return its bytes, whose
+        references are handed over to the caller (or dropped, with ``drop``).
 
         Returns -1 if the index is out of range, 0 if the item is not ``expected``.
         """
-        args = [str(operator.index(index)), expected or b"", _REMOVED]
-        return self._write(lambda c: run_script(c, _LIST_POP, [self._key], args))
+        args = [str(operator.index(index)), expected or b"", _REMOVED, int(drop)]
+        return self._script(_LIST_POP, args)
 
     def pop(self, index: int = -1) -> Any:
         """Remove and return the item at ``index`` (default last), atomically."""
         data = self._pop(index, None)
         if data == -1:
             raise IndexError(f"pop index {index} out of range for {self!r}")
-        return pickle.loads(data)
+        return self._load_item(data, taken=True)
 
     def remove(self, value: Any) -> None:
         """Remove the first item ``== value`` (ValueError if there is none)."""
         while True:
-            found = next(((i, data) for i, data in enumerate(self._items()) if pickle.loads(data) == value), None)
+            items = self._items()
+            found = next(((i, data) for i, (data, item) in enumerate(zip(items, self._load_items(items), strict=True))
+                          if item == value), None)
             if found is None:
                 raise ValueError(f"{value!r} is not in {self!r}")
-            if self._pop(*found) not in (0, -1):
+            if self._pop(*found, drop=True) not in (0, -1):
                 return
 
     @_state_op
     def insert(self, index: int, value: Any) -> None:
         """Insert ``value`` before ``index`` (clamped like ``list.insert``), atomically."""
-        args = [str(operator.index(index)), _dumps(value, "a list item"), _REMOVED]
-        self._write(lambda c: run_script(c, _LIST_INSERT, [self._key], args))
+        self._script(_LIST_INSERT, [str(operator.index(index)), self._dump_item(value, "a list item"), _REMOVED])
 
-    @_state_op
     def append(self, value: Any) -> None:
-        data = _dumps(value, "a list item")
-        self._write(lambda c: c.rpush(self._key, data))
+        self.extend([value])
 
     @_state_op
     def extend(self, values: Iterable[Any]) -> None:
         """Append all ``values`` in one round trip."""
-        data = [_dumps(v, "a list item") for v in list(values)]
-        if data:
+        data = [self._dump_item(v, "a list item") for v in list(values)]
+        if any(item[:1] == _HAS_REFS for item in data):
+            self._script(_LIST_EXTEND, data)
+        elif data:
             self._write(lambda c: c.rpush(self._key, *data))
+
+    @_state_op
+    def _replace(self, items: list[Any], client: Any = None) -> None:
+        """Replace all the items by ``items`` (queued on ``client``, a pipeline, when given)."""
+        data = [self._dump_item(item, "a list item") for item in items]
+        if client is None:
+            self._script(_LIST_REPLACE, data)
+        else:
+            run_script(client, _REFS_LUA + _LIST_REPLACE, [self._key], data)
 
     @_state_op
     def reverse(self) -> None:
         self._write(lambda c: run_script(c, _LIST_REVERSE, [self._key], []))
-
-    @_state_op
-    def clear(self) -> None:
-        self._write(lambda c: c.delete(self._key))
 
     @_state_op
     def _items(self) -> list[bytes]:
@@ -1106,7 +1393,7 @@ class SharedList(SharedObject, MutableSequence):
 
     def to_list(self) -> list[Any]:
         """A local copy of the whole list, read in one round trip."""
-        return [pickle.loads(data) for data in self._items()]
+        return self._load_items(self._items())
 
     def __iter__(self) -> Iterator[Any]:
         """Iterate over a snapshot of the items taken when iteration starts."""
