@@ -12,7 +12,7 @@ import pytest
 dask = pytest.importorskip("dask")
 distributed = pytest.importorskip("distributed")
 
-from calls import CustomError, exit_on, fail_on, inc, sleep_for  # noqa: E402
+from calls import CustomError, exit_on, fail_on, inc, sleep_for, until, wait_for  # noqa: E402
 
 from cloudbutton import (  # noqa: E402
     BackendError,
@@ -22,7 +22,7 @@ from cloudbutton import (  # noqa: E402
     WorkerLostError,
     serialize,
 )
-from cloudbutton.backends.dask import DaskBackend  # noqa: E402
+from cloudbutton.backends.dask import START_TOPIC, DaskBackend  # noqa: E402
 from cloudbutton.config import resolve_config  # noqa: E402
 from cloudbutton.job import JobSpec  # noqa: E402
 
@@ -38,13 +38,14 @@ def _stop_resource_tracker():
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(tmp_path_factory):
     """A LocalCluster of our own, reached by address like any external cluster."""
     # Two settings of the backend's own cluster matter for crash tests on a stock one: it closes, 15 s
     # after a worker left, the nanny of a worker that is restarting at that moment (the cluster would
     # shrink), and its scheduler may try for 30 s to reach a worker that has just died (the backend's
     # own cluster: 10 s; a connection to 127.0.0.1 succeeds at once or never).
-    with dask.config.set({"distributed.deploy.lost-worker-timeout": "1h"}):
+    directory = str(tmp_path_factory.mktemp("dask"))  # its files, where the session's are removed
+    with dask.config.set({"distributed.deploy.lost-worker-timeout": "1h", "temporary-directory": directory}):
         with distributed.LocalCluster(
             n_workers=2,
             threads_per_worker=1,
@@ -138,6 +139,77 @@ def test_retries_run_a_lost_call_again_and_deliver_it_once(own):
     assert results[0] == 0 and results[2] == 2
     assert isinstance(results[1], WorkerLostError) and futures[1].attempts == 2
     assert "tried 2 times" in "\n".join(results[1].__notes__)
+
+
+def exit_and_count(x, bad, log):
+    """``x``, or, if ``x == bad``, a line in the file ``log`` and the end of the worker process."""
+    if x == bad:
+        with open(log, "a") as f:
+            f.write("ran\n")
+        os._exit(3)
+    return x
+
+
+@pytest.mark.parametrize("retries", [0, 2])
+@pytest.mark.parametrize("where", ["by address", "own cluster"])
+def test_a_call_that_kills_its_worker_runs_once_per_attempt(request, tmp_path, where, retries):
+    # "by address": a cluster whose allowed-failures is Dask's default (3), so Dask runs the task again itself
+    executor = request.getfixturevalue("fexec" if where == "by address" else "own")
+    log = tmp_path / "runs"
+    futures = executor.map(exit_and_count, [(i, 5, str(log)) for i in range(20)], chunksize=10, retries=retries)
+    results = executor.get_result(futures, throw_except=False)
+    assert isinstance(results[5], WorkerLostError) and results[5].call.endswith("00005 (exit_and_count)")
+    assert results[:5] + results[6:] == [i for i in range(20) if i != 5]
+    assert log.read_text().count("ran") == futures[5].attempts == retries + 1
+
+
+def first_run_or_wait(flag, first_gate, gate):
+    """The first time (which makes ``flag``), waits for ``first_gate``; later, waits for ``gate``."""
+    if os.path.exists(flag):
+        wait_for(gate)
+    else:
+        open(flag, "w").close()
+        wait_for(first_gate)
+
+
+def test_a_task_dask_runs_again_on_another_host_does_not_run_the_lost_call_again(tmp_path, gate):
+    # two workers whose directories differ, as on two hosts: a run of a task on one does not see the
+    # record left by a run on the other; and Dask (allowed-failures 3) runs the task again after a death
+    workers = {
+        name: {
+            "cls": distributed.Nanny,
+            "options": {"nthreads": 1, "host": "127.0.0.1", "local_directory": str(tmp_path / f"host{name}")},
+        }
+        for name in range(2)
+    }
+    scheduler = {"cls": distributed.Scheduler, "options": {"host": "127.0.0.1", "dashboard_address": None}}
+    config = {"distributed.deploy.lost-worker-timeout": "1h", "temporary-directory": str(tmp_path)}
+    log, flag, first_gate = tmp_path / "runs", str(tmp_path / "flag"), str(tmp_path / "first-gate")
+    with (
+        dask.config.set(config),
+        distributed.SpecCluster(workers=workers, scheduler=scheduler) as cluster,
+        FunctionExecutor(backend="dask", dask_address=cluster.scheduler_address) as executor,
+    ):
+        # one task: its first call returns (in its first run), its second kills the worker
+        calls = [(first_run_or_wait, (flag, first_gate, gate)), (exit_and_count, (1, 1, str(log)))]
+        futures = executor.map(lambda func, args: func(*args), calls, chunksize=2)
+        # the backend sees a run again only after the start report of the first run (a run that ends
+        # its worker before its report left the worker is not seen: see the module's docstring)
+        until(lambda: executor.backend.client.get_events(START_TOPIC), "the task to report its start")
+        open(first_gate, "w").close()
+        results = executor.get_result([futures[1]], throw_except=False)
+        assert isinstance(results[0], WorkerLostError) and futures[1].attempts == 1
+
+        def cancelled_on_a_worker():
+            states = executor.backend.client.run(
+                lambda dask_worker: [task.state for task in dask_worker.state.tasks.values()]
+            )
+            return any("cancelled" in worker_states for worker_states in states.values())
+
+        until(cancelled_on_a_worker, "the run again of the task to be cancelled on its worker")
+        open(gate, "w").close()  # the run again stops before its next call, the call lost
+        assert executor.get_result(futures, throw_except=False)[0] is None
+        assert log.read_text().count("ran") == 1
 
 
 def test_workers_are_kept_through_repeated_crashes(own):
@@ -267,8 +339,19 @@ def test_the_cluster_an_executor_starts_is_stopped():
         assert executor.get_result(executor.map(inc, [1, 2])) == [2, 3]
         pids = list(executor.backend.client.run(os.getpid).values())
         cluster = executor.backend.cluster
+        directory = os.path.dirname(next(iter(cluster.scheduler_info["workers"].values()))["local_directory"])
     assert cluster.status.name == "closed"
     assert not [pid for pid in pids if _running(pid)]
+    assert not os.path.exists(directory)
+
+
+def test_the_cluster_an_executor_starts_takes_only_its_own_tls_connections(own):
+    address = own.backend.address
+    assert address.startswith("tls://127.0.0.1:")
+    with pytest.raises((OSError, TimeoutError)):  # plain TCP
+        distributed.Client(address.replace("tls://", "tcp://"), timeout=2, set_as_default=False)
+    with pytest.raises((OSError, TimeoutError)):  # TLS with keys of its own
+        distributed.Client(address, security=distributed.Security.temporary(), timeout=2, set_as_default=False)
 
 
 def test_a_script_without_main_guard_gets_a_clear_error(tmp_path):
@@ -286,6 +369,8 @@ def test_a_script_without_main_guard_gets_a_clear_error(tmp_path):
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode != 0
     assert "BackendError" in proc.stderr and 'if __name__ == "__main__":' in proc.stderr
+    # the error, not hundreds of lines of distributed's tracebacks from the worker processes
+    assert len(proc.stderr.splitlines()) < 30, proc.stderr
 
 
 def count_lines(obj):

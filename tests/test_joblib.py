@@ -327,14 +327,15 @@ def test_nested_parallel_runs_sequentially_inside_the_task(cloudbutton_backend, 
 # --- on another cloudbutton backend ------------------------------------------------------------------
 
 
-def test_on_the_dask_backend(storage_url):
+def test_on_the_dask_backend(storage_url, tmp_path):
     """The same backend on a Dask cluster (threads in this process, so nothing to stop but the cluster)."""
     distributed = pytest.importorskip("distributed")
+    dask = pytest.importorskip("dask")
     X, y = load_iris(return_X_y=True)
     X, y = np.repeat(X, 20, axis=0), np.repeat(y, 20)  # 96 KB: shared through storage
     grid = {"C": [0.1, 1, 10]}
     expected = GridSearchCV(SVC(), grid, cv=3).fit(X, y).cv_results_["mean_test_score"]
-    with distributed.LocalCluster(
+    with dask.config.set({"temporary-directory": str(tmp_path)}), distributed.LocalCluster(
         n_workers=2, threads_per_worker=1, processes=False, dashboard_address="127.0.0.1:0"  # 8787 may be taken
     ) as c:
         settings = {"backend": "dask", "dask_address": c.scheduler_address, "storage_url": storage_url}

@@ -1,27 +1,42 @@
 """The ``dask`` backend: call batches as tasks on a Dask cluster.
 
 With ``dask_address`` set, calls go to that scheduler; without it, the backend starts a
-``LocalCluster`` of single-threaded worker processes on 127.0.0.1 and stops it in ``close()``.
-Each batch of calls is one Dask task running ``cloudbutton.worker.run_batch`` (the one worker
-runtime); Dask does the scheduling. When a task is done, its future's done callback hands it to a
-few threads of ours that fetch its results and deliver them to the sink, so neither the client's
-event loop nor Dask's one callback thread ever waits for a sink or a fetch. Every call reaches
-``sink.on_results`` or ``sink.on_lost`` exactly once: whoever takes a task out of ``_tasks`` (under
-the lock) reports its calls.
+``LocalCluster`` of single-threaded worker processes on 127.0.0.1 and stops it in ``close()``. That
+cluster speaks TLS, with a key and a certificate made for it in memory (``Security.temporary()``):
+only the backend's client and the cluster's own processes hold them, so no other process can
+connect to it, run code on it or read its results (~0.1 s more at start, a few per cent on quick calls).
+Each batch of calls is one Dask task running the one worker runtime (``cloudbutton.worker.Runtime``);
+Dask does the scheduling. When a task is done, its future's done callback hands it to a few threads
+of ours that fetch its results and deliver them to the sink, so neither the client's event loop nor
+Dask's one callback thread ever waits for a sink or a fetch. Every call reaches ``sink.on_results``
+or ``sink.on_lost`` exactly once: whoever takes a task out of ``_tasks`` (under the lock) reports its
+calls.
 
 Failures:
 
-- A worker process that dies while running a batch (Dask raises ``KilledWorker`` once the
-  scheduler's ``allowed-failures`` are used up) makes the backend resubmit that batch one call per
-  task, so the calls that do not crash still complete. Dask counts a death against every task the
-  worker held, also those only queued there, so a single call whose task is ``KilledWorker`` becomes
-  a suspect: suspects run again one at a time, and only a suspect whose task is ``KilledWorker``
-  again (so it crashed its worker while it was the only suspect in the cluster) is reported as
-  ``WorkerLostError`` naming the call. A cluster we start gives up on a task at the first death
-  (``allowed-failures = 0``), so a crashing call costs three worker restarts, not minutes; an
-  external cluster keeps its own setting (Dask's default is 3). As always with Dask, a call may run
-  more than once (a result lost with its worker before it was fetched is computed again); its
-  outcome is delivered once.
+- A call runs once per attempt, and ``attempts`` counts its runs: the executor's ``retries`` decide
+  whether a call lost with its worker runs again, not Dask. Before each call, a task notes the
+  call's position in a record named by the task's key, in a directory beside the worker's own (its
+  nanny's), which outlives the worker process (``_Progress``). When a worker dies while running a
+  batch (Dask raises ``KilledWorker``), the backend reads that record: itself on a cluster it
+  started, elsewhere through the nanny of the dead worker (``Client.run(..., nanny=True)``, once that
+  nanny has started another worker). The call that was running is reported as ``WorkerLostError``
+  after that one run; the other calls of the batch are sent again: those that had not started, and
+  those that had finished but whose results were lost with the worker (such a call runs again, as on
+  the local backend; its outcome is delivered once).
+- A cluster we start gives up on a task at the first death (``allowed-failures = 0``). Another
+  cluster may run the task again itself (Dask's default ``allowed-failures`` is 3). A re-run on the
+  same host finds the record of the run that died and runs no call: it hands the record back, and
+  the backend goes on as above. A re-run elsewhere is seen by its second start report: the backend
+  reads the first run's record through that run's nanny, cancels the re-run (a task stops before its
+  next call once cancelled) and goes on as above; but the re-run may have started calls before the
+  cancellation reaches it, the crashing call among them, and a first run that died before its start
+  report left its worker is not seen at all. For exact accounting on a cluster of several hosts,
+  set its ``distributed.scheduler.allowed-failures`` to 0.
+- Without a record (a worker without a nanny on another cluster, or a record that could not be
+  written), the backend tells the crashing call apart by running the calls again: the batch one call
+  per task, and a single call lost that way again alone, as a suspect (one at a time); only a
+  suspect whose worker dies again is reported as ``WorkerLostError``, so that call ran twice.
 - Every task reports when it starts running, and where, through a Dask event
   (``Worker.log_event`` -> ``Client.subscribe_topic``). When a job has a ``timeout``, each call is
   its own task, and its clock starts when the client receives that event, so time spent queued
@@ -33,6 +48,10 @@ Failures:
   unused).
 - The calls of a LocalCluster we start see the caller's ``sys.path`` and working directory; the
   calls sent to a cluster at ``dask_address`` do not (those are another machine's).
+- A script that starts a LocalCluster at its top level, without ``if __name__ == "__main__":``, gets
+  a ``BackendError`` saying so: the cluster's worker processes are spawned and import the main script
+  again; when that makes them start a cluster too, they end quietly instead, so that the one error
+  is all the script prints.
 """
 
 from __future__ import annotations
@@ -46,10 +65,14 @@ import dataclasses
 import heapq
 import itertools
 import logging
+import mmap
+import multiprocessing.process
 import os
 import queue
 import signal
+import struct
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -63,15 +86,14 @@ from distributed.deploy.cluster import Cluster
 
 from ..errors import BackendError, CallError, CallTimeoutError, RemoteError, WorkerLostError
 from ..job import JobSpec, next_batch_size
-from ..worker import run_batch
+from ..worker import Runtime
 from . import Backend, ResultSink
 
 logger = logging.getLogger(__name__)
 
 LOCAL_CLUSTER_CONFIG = {
-    # a task whose worker dies fails with KilledWorker at once (Dask's default waits for four deaths):
-    # the backend itself runs again, alone, a single call lost that way, which tells the call that
-    # crashes its worker from the ones that were only queued on that worker
+    # a task whose worker dies fails with KilledWorker at once (Dask's default runs it again, up to three
+    # times): the executor's retries decide whether a lost call runs again
     "distributed.scheduler.allowed-failures": 0,
     # one task at a time per single-threaded worker: a crash or a restart takes no queued task with it
     "distributed.scheduler.worker-saturation": 1.0,
@@ -88,6 +110,11 @@ FETCHERS = 4
 """Threads that fetch and deliver the outcomes of finished tasks."""
 LOCAL_CONNECT_TIMEOUT = 10.0
 """Seconds the scheduler of a LocalCluster we start tries to connect to one of its workers."""
+NANNY_WAIT = 30.0
+"""Seconds the backend waits for the nanny of a dead worker (on a cluster it did not start) to start
+another worker, through which it reads the dead worker's records."""
+RECORD = struct.Struct("q")
+"""A task's progress record: the position in its batch of the call running (-1: none started yet)."""
 
 
 class _LocalCluster(LocalCluster):
@@ -104,12 +131,100 @@ class _LocalCluster(LocalCluster):
             super()._update_worker_status(op, msg)
 
 
+def _record_path(local_directory: str, key: str) -> str:
+    """The progress record of task ``key`` on a worker whose own directory is ``local_directory``: in
+    the directory that holds it (its nanny's), which a new worker of that nanny does not clean."""
+    return os.path.join(os.path.dirname(local_directory), f"cloudbutton-{key}.running")
+
+
+def _take_record(local_directory: str, key: str) -> int:
+    """Read and remove the record of task ``key`` whose worker died (or was stopped): the position of
+    the call it was running, or -1 if it has none (it had not started, or another reader took it)."""
+    path = _record_path(local_directory, key)
+    try:
+        with open(path, "rb") as f:
+            data = f.read(RECORD.size)
+        os.unlink(path)  # of two readers, one takes it
+    except FileNotFoundError:
+        return -1
+    return RECORD.unpack(data)[0] if len(data) == RECORD.size else -1
+
+
+class _EarlierRunDied(Exception):
+    """Raised, before any call runs, by a task that Dask runs again on a host where an earlier run of
+    it died while running the call at ``position`` (a cluster whose allowed-failures is not 0)."""
+
+    def __init__(self, position: int):
+        super().__init__(position)
+        self.position = position
+
+
+class _Progress:
+    """The record of a running task (see ``_record_path``), written before each of its calls: which
+    call was running, should the worker process die. A task that ends removes it. Also tells the task
+    to stop before its next call if it was cancelled. Without a place to write it, the task runs without
+    a record (a death of its worker is then handled without one)."""
+
+    def __init__(self, worker: distributed.Worker, key: str, n_calls: int):
+        self.path = _record_path(worker.local_directory, key)
+        self.task = worker.state.tasks.get(key)  # its state becomes "cancelled" when the client cancels it
+        self.memory: mmap.mmap | None = None
+        try:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:  # an earlier run of this task, on this host, ended with its worker
+                position = _take_record(worker.local_directory, key)
+                if 0 <= position < n_calls:
+                    raise _EarlierRunDied(position) from None
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(fd, RECORD.pack(-1))
+                self.memory = mmap.mmap(fd, RECORD.size)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            logger.warning("cloudbutton: no progress record for dask task %s: %s", key, e)
+
+    def starting(self, position: int) -> None:
+        if self.task is not None and self.task.state == "cancelled":
+            raise RuntimeError("the dask task was cancelled")
+        if self.memory is not None:
+            RECORD.pack_into(self.memory, 0, position)
+
+    def close(self) -> None:
+        if self.memory is not None:
+            self.memory.close()
+            with contextlib.suppress(OSError):
+                os.unlink(self.path)
+
+
+_runtime: Runtime | None = None
+
+
 def run_calls(calls: list[tuple[int, bytes]], job: JobSpec, topic: str) -> list:
-    """The Dask task: runs a batch on a worker through the one worker runtime, after telling the
-    client (through a Dask event on ``topic``) that the task started, on which worker and process."""
+    """The Dask task: runs a batch on a worker through the one worker runtime, noting which call runs
+    (``_Progress``), after telling the client (through a Dask event on ``topic``) that the task
+    started, where, and where its record is."""
+    global _runtime
     worker = distributed.get_worker()
-    worker.log_event(topic, {"key": str(worker.get_current_task()), "worker": worker.address, "pid": os.getpid()})
-    return run_batch(job, calls, worker_id=f"dask:{worker.address}")
+    key = str(worker.get_current_task())
+    progress = _Progress(worker, key, len(calls))
+    try:
+        worker.log_event(
+            topic,
+            {
+                "key": key,
+                "worker": worker.address,
+                "pid": os.getpid(),
+                "nanny": worker.nanny,
+                "directory": worker.local_directory,
+            },
+        )
+        if _runtime is None:
+            _runtime = Runtime(f"dask:{worker.address}")
+        return list(_runtime.run_batch(job, calls, progress.starting))
+    finally:
+        progress.close()
 
 
 @dataclasses.dataclass(eq=False)
@@ -124,6 +239,8 @@ class _Task:
     started: float | None = None  # time.monotonic() when the client learned that it started
     worker: str | None = None  # address of the worker running it
     pid: int | None = None  # of the worker process running it
+    nanny: str | None = None  # address of that worker's nanny
+    directory: str | None = None  # that worker's local_directory (see _record_path)
     suspect: bool = False  # a single call lost with its worker, run again alone
 
 
@@ -147,12 +264,21 @@ class DaskBackend(Backend):
     def __init__(self, config):
         super().__init__(config)
         self.cluster: LocalCluster | None = None
+        self._scratch: tempfile.TemporaryDirectory | None = None  # the directory of our cluster's files
         if config.dask_address:
             self.address = config.dask_address
             self.client = self._connect(config.dask_address)
         else:
-            self.cluster, self.client = self._start_cluster(config.max_workers or os.cpu_count() or 1)
+            self._scratch = tempfile.TemporaryDirectory(prefix="cloudbutton-dask-", ignore_cleanup_errors=True)
+            try:
+                self.cluster, self.client = self._start_cluster(
+                    config.max_workers or os.cpu_count() or 1, self._scratch.name
+                )
+            except BaseException:
+                self._scratch.cleanup()
+                raise
             self.address = self.cluster.scheduler_address
+        self.shares_host = self.cluster is not None  # a LocalCluster of ours: workers import what we can
         self._lock = threading.Lock()
         self._tasks: dict[str, _Task] = {}  # by dask key: tasks whose outcome is not reported yet
         self._worker_jobs: dict[str, JobSpec] = {}  # by job key: the JobSpec sent to workers
@@ -185,18 +311,32 @@ class DaskBackend(Backend):
             ) from e
 
     @staticmethod
-    def _start_cluster(n_workers: int) -> tuple[LocalCluster, Client]:
+    def _start_cluster(n_workers: int, local_directory: str) -> tuple[LocalCluster, Client]:
+        if getattr(multiprocessing.process.current_process(), "_inheriting", False):
+            # a worker process being spawned for a cluster, importing a main script that starts one at its
+            # top level: end quietly (and start nothing), the caller's process raises the error that says why
+            raise SystemExit(1)
         main = sys.modules.get("__main__")
         if getattr(main, "__name__", None) == "__mp_main__":
             raise BackendError(_MAIN_GUARD_HINT)
+        try:
+            security = distributed.Security.temporary()
+        except ImportError as e:
+            raise BackendError(
+                f"a dask LocalCluster needs the cryptography package for its TLS keys ({e}): pip install"
+                " 'cloudbutton[dask]'"
+            ) from e
         cluster = None
         try:
-            with dask.config.set(LOCAL_CLUSTER_CONFIG):
+            # the scheduler's and workers' directories (and the tasks' records) in one of our own
+            with dask.config.set({**LOCAL_CLUSTER_CONFIG, "temporary-directory": local_directory}):
                 cluster = _LocalCluster(
                     n_workers=n_workers,
                     threads_per_worker=1,
                     processes=True,
                     host="127.0.0.1",
+                    protocol="tls://",
+                    security=security,  # its key: in this process and the cluster's only
                     dashboard_address=None,
                     # the scheduler's HTTP server (health and metrics routes) starts even without a
                     # dashboard; on a free loopback port, a second cluster does not warn that 8787 is taken
@@ -212,7 +352,10 @@ class DaskBackend(Backend):
                 cluster.close()
             script = getattr(main, "__spec__", None) is None and hasattr(main, "__file__")  # python job.py
             hint = f"; {_MAIN_GUARD_HINT}" if script else ""
-            raise BackendError(f"cannot start a dask LocalCluster with {n_workers} workers: {e!r}{hint}") from e
+            if script:  # most likely unguarded: distributed's tracebacks of its failed start would only bury the hint
+                logger.debug("starting a dask LocalCluster failed", exc_info=True)
+            error = BackendError(f"cannot start a dask LocalCluster with {n_workers} workers: {e!r}{hint}")
+            raise error from (None if script else e)
 
     @property
     def workers(self) -> int:
@@ -345,24 +488,12 @@ class DaskBackend(Backend):
                 self._suspect_done()
 
     def _failed(self, task: _Task, exc: BaseException) -> None:
+        if isinstance(exc, _EarlierRunDied):
+            self._died(task, exc.position, None)
+            return
         if isinstance(exc, KilledWorker):
-            if len(task.calls) > 1 and not self._closed:
-                # a call of this batch crashes its worker: run them one per task so the others complete
-                self._submit_tasks(task.job, task.worker_job, [[call] for call in task.calls], task.sink)
-                return
-            if not task.suspect and not self._closed:
-                # Dask counts a worker's death against every task the worker held, also those only
-                # queued there: run the call again, alone, to tell the call that crashes from the others
-                with self._lock:
-                    self._suspects.append(task)
-                self._next_suspect()
-                return
-            last = getattr(exc.last_worker, "address", exc.last_worker)
-            self._lost(
-                task,
-                f"the dask worker running it died, also when it ran alone ({exc.allowed_failures + 1} workers died"
-                f" while running it, the last was {last})",
-            )
+            # reading the record may wait for a nanny to start another worker
+            threading.Thread(target=self._killed, args=(task, exc), name="cloudbutton-dask-lost", daemon=True).start()
             return
         for index, _ in task.calls:
             name = task.job.call_name(index)
@@ -374,6 +505,87 @@ class DaskBackend(Backend):
         for index, _ in task.calls:
             name = task.job.call_name(index)
             task.sink.on_lost(task.job, index, WorkerLostError(f"call {name} was lost: {why}", name))
+
+    def _killed(self, task: _Task, exc: KilledWorker) -> None:
+        """Dask gave up on ``task``: a worker died while it held the task (running, or only queued there)."""
+        last = exc.last_worker
+        address = getattr(last, "address", last)
+        if not self._closed:
+            position = self._record(getattr(last, "local_directory", None), getattr(last, "nanny", None), task)
+            if position is not None:
+                self._died(task, position, address)
+                return
+        # no record: tell the crashing call apart by running the calls again (see the module's docstring)
+        if len(task.calls) > 1 and not self._closed:
+            self._submit_tasks(task.job, task.worker_job, [[call] for call in task.calls], task.sink)
+        elif not task.suspect and not self._closed:
+            with self._lock:
+                self._suspects.append(task)
+            self._next_suspect()
+        else:
+            self._lost(
+                task,
+                f"the dask worker running it died, also when it ran alone ({exc.allowed_failures + 1} workers died"
+                f" while running it, the last was {address})",
+            )
+
+    def _died(self, task: _Task, position: int, worker: str | None) -> None:
+        """The ``worker`` running ``task`` died while it ran its call at ``position`` (-1: none): that
+        call is lost; the others go again (those that had finished too: their results were lost with it)."""
+        calls = task.calls
+        lost = calls[position][0] if 0 <= position < len(calls) else None
+        rest = [call for call in calls if call[0] != lost]
+        if rest:
+            self._submit_tasks(task.job, task.worker_job, [rest], task.sink)
+        if lost is not None:
+            name = task.job.call_name(lost)
+            where = f" ({worker})" if worker else ""
+            error = WorkerLostError(f"call {name} was lost: the dask worker process running it{where} died", name)
+            task.sink.on_lost(task.job, lost, error)
+
+    def _record(self, directory: str | None, nanny: str | None, task: _Task) -> int | None:
+        """Take the progress record of ``task`` from the worker whose local directory was ``directory``
+        (see ``_record_path``): the position of the call it was running, -1 if none; None if it cannot
+        be read (no nanny on another cluster, or none back within NANNY_WAIT seconds)."""
+        if directory is None or task.future is None:
+            return None
+        if self.cluster is not None:  # our workers' files are ours
+            return _take_record(directory, task.future.key)
+        if nanny is None:
+            return None
+        deadline = time.monotonic() + NANNY_WAIT
+        while not self._closed:
+            try:
+                workers = self._scheduler_workers()
+                workers = [address for address, info in workers.items() if info.get("nanny") == nanny]
+                if workers:  # the nanny is back with a new worker (or the worker lives on)
+                    taken = self.client.run(_take_record, directory, task.future.key, workers=workers[:1], nanny=True)
+                    return next(iter(taken.values()))
+            except Exception:
+                logger.debug("reading a dask task's record through nanny %s failed", nanny, exc_info=True)
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        return None
+
+    def _scheduler_workers(self) -> dict[str, dict]:
+        try:
+            return self.client.scheduler_info(n_workers=-1)["workers"]
+        except TypeError:  # an older distributed: every worker, always
+            return self.client.scheduler_info()["workers"]
+
+    def _ran_again(self, key: str, earlier: _Task) -> None:
+        """Dask runs task ``key`` again (a cluster whose allowed-failures is not 0) on another host, its
+        earlier run's worker having died: if that run was running a call, stop this run and go on as if
+        Dask had given up on the task (on the same host, the run itself finds the record)."""
+        position = self._record(earlier.directory, earlier.nanny, earlier)
+        if position is None or position < 0:  # no call was running: a finished task's result was lost
+            return
+        with self._lock:
+            task = self._tasks.pop(key, None)
+        if task is not None:
+            task.future.cancel()
+            self._died(task, position, earlier.worker)
 
     # --- suspects: calls lost with their worker, run again one at a time ----------------------
 
@@ -407,12 +619,16 @@ class DaskBackend(Backend):
             task = self._tasks.get(msg["key"])
             if task is None:
                 return
+            earlier = dataclasses.replace(task) if task.started is not None else None
             # a task run again after its worker died starts a new clock
             task.started, task.worker, task.pid = time.monotonic(), msg["worker"], msg.get("pid")
+            task.nanny, task.directory = msg.get("nanny"), msg.get("directory")
             if task.job.timeout is not None:
                 deadline = task.started + task.job.timeout
                 heapq.heappush(self._deadlines, (deadline, next(self._seq), msg["key"], task.started))
                 self._wakeup.notify()
+        if earlier is not None:
+            threading.Thread(target=self._ran_again, args=(msg["key"], earlier), daemon=True).start()
 
     def _enforce_timeouts(self) -> None:
         while True:
@@ -458,6 +674,7 @@ class DaskBackend(Backend):
         try:
             task.future.cancel()
             self._wait_forgotten(task.future.key)
+            self._record(task.directory, task.nanny, task)  # removes it: no one will need it
             if self.cluster is not None and task.pid is not None:
                 os.kill(task.pid, signal.SIGKILL)
             else:
@@ -534,6 +751,7 @@ class DaskBackend(Backend):
                 if tasks or self._abandoned:
                     self._stop_workers_now()
                 self.cluster.close()
+                self._scratch.cleanup()  # with the records of tasks cut short
 
     def _stop_workers_now(self) -> None:
         """Our cluster's workers still run calls whose results no one wants: stop them at once (a
