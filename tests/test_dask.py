@@ -6,7 +6,9 @@ import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 
+import psutil
 import pytest
 
 dask = pytest.importorskip("dask")
@@ -386,3 +388,27 @@ def test_map_reduce_over_objects_and_large_payloads_through_storage(cluster, tmp
         assert fexec.get_result(futures) == [1000]
         assert fexec.get_result(fexec.call_async(lambda b: b * 2, b"x" * 5000)) == b"x" * 10000
     assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == ["log.txt"]
+
+
+def start_child_and_hang(pid_file):
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    Path(pid_file).write_text(str(child.pid))
+    time.sleep(60)
+
+
+def test_a_timed_out_call_takes_its_child_processes_with_it(own, tmp_path):
+    pid_file = tmp_path / "child.pid"
+    with pytest.raises(CallTimeoutError):
+        own.get_result(own.map(start_child_and_hang, [str(pid_file)], timeout=2))
+    child = int(pid_file.read_text())
+    deadline = time.monotonic() + 10
+    while not _gone(child):
+        assert time.monotonic() < deadline, f"the call's child process {child} outlived its worker"
+        time.sleep(0.05)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True

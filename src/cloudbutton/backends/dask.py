@@ -80,6 +80,7 @@ import weakref
 
 import dask
 import distributed
+import psutil
 from dask.utils import parse_timedelta
 from distributed import Client, KilledWorker, LocalCluster
 from distributed.deploy.cluster import Cluster
@@ -199,6 +200,20 @@ class _Progress:
 
 
 _runtime: Runtime | None = None
+
+
+def _kill_tree(pid: int) -> None:
+    """Kill a worker process of ours and every process its calls started, as a serverless platform
+    ends a container (stopped first, so that it starts no more while they are listed)."""
+    try:
+        worker = psutil.Process(pid)
+        worker.suspend()
+        processes = [*worker.children(recursive=True), worker]
+    except psutil.NoSuchProcess:
+        return  # it ended by itself meanwhile
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
 
 
 def run_calls(calls: list[tuple[int, bytes]], job: JobSpec, topic: str) -> list:
@@ -676,7 +691,7 @@ class DaskBackend(Backend):
             self._wait_forgotten(task.future.key)
             self._record(task.directory, task.nanny, task)  # removes it: no one will need it
             if self.cluster is not None and task.pid is not None:
-                os.kill(task.pid, signal.SIGKILL)
+                _kill_tree(task.pid)
             else:
                 self.client.restart_workers([task.worker], raise_for_error=False)
         except ProcessLookupError:
