@@ -97,11 +97,95 @@ def test_extra_args_of_another_type_is_refused(fexec):
 
 
 def test_wrong_arguments_fail_in_the_call_with_their_own_type(fexec):
-    futures = fexec.map(add, [(1, 2), (1, 2, 3, 4), {"d": 1}])
+    futures = fexec.map(add, [(1, 2), {"a": 1, "b": 2, "e": 3}, {"d": 1}])
     results = fexec.get_result(futures, throw_except=False, timeout=60)
     assert results[0] == 3
-    assert isinstance(results[1], TypeError) and "positional" in str(results[1])
+    assert isinstance(results[1], TypeError) and "'e'" in str(results[1])
     assert isinstance(results[2], TypeError) and "'d'" in str(results[2])
+
+
+# --- Lithops' binding rule ------------------------------------------------------------------------
+
+
+def concat(words):
+    return " ".join(words)
+
+
+def pair(x, y):
+    return x, y
+
+
+def one(x):
+    return x
+
+
+def test_a_tuple_or_list_is_spread_only_when_its_length_fits_the_parameters(fexec):
+    assert run(fexec, concat, [["a", "b"], ("c", "d", "e")]) == ["a b", "c d e"]  # one parameter: one argument
+    assert run(fexec, one, [(5,), [6], (1, 2), []]) == [5, 6, (1, 2), []]
+    assert run(fexec, pair, [(1, 2), [3, 4]]) == [(1, 2), (3, 4)]
+    results = fexec.get_result(fexec.map(add, [(1,), (1, 2), (1, 2, 3)]), throw_except=False, timeout=60)
+    assert results[:2] == [1, 3] and isinstance(results[2], TypeError)  # a=(1, 2, 3): tuple + int
+
+
+def test_extra_args_count_when_deciding_whether_to_spread(fexec):
+    assert run(fexec, pair, [1, (2,), [[3, 4]]], extra_args=(9,)) == [(1, 9), (2, 9), ([3, 4], 9)]
+    assert run(fexec, pair, [["a", "b"]], extra_args=("c",)) == [(["a", "b"], "c")]
+
+
+def total(a, b, c=0, *args, d, e=5, **kwargs):
+    return sum([a, b, c, d, e, *args, *kwargs.values()])
+
+
+def test_dict_keys_named_like_star_args_and_star_kwargs_feed_them(fexec):
+    items = [
+        {"a": 1, "b": 2, "d": 3},
+        {"args": (1, 2), "d": 3},
+        {"args": (1, 2, 3, 4), "d": 3},
+        {"args": (1, 2), "kwargs": {"d": 3, "e": 6, "f": 4}},
+    ]
+    assert run(fexec, total, items) == [11, 11, 18, 16]
+    assert run(fexec, echo, [{"args": [1, 2], "kwargs": {"k": 3}, "x": 4}]) == [((1, 2), {"k": 3, "x": 4})]
+
+
+def with_id(x, id):
+    return x, id
+
+
+def id_first(id, x, y=0):
+    return id, x, y
+
+
+def reads(key, storage):
+    return storage.get_object(key)
+
+
+def test_id_and_storage_parameters_are_filled_in(fexec, tmp_path):
+    assert run(fexec, with_id, ["a", "b", "c"]) == [("a", 0), ("b", 1), ("c", 2)]
+    assert run(fexec, id_first, [7, (8, 9), {"x": 10}]) == [(0, 7, 0), (1, 8, 9), (2, 10, 0)]
+    fexec.storage.put_object("lithops-iterdata/k", b"stored")
+    try:
+        assert run(fexec, reads, ["lithops-iterdata/k"]) == [b"stored"]
+    finally:
+        fexec.storage.delete_object("lithops-iterdata/k")
+
+
+def only_id(id):
+    return id
+
+
+def test_special_parameters_an_item_gives_are_its_own(fexec):
+    assert run(fexec, with_id, [{"x": 1, "id": "mine"}, ("a", "b")]) == [(1, "mine"), ("a", "b")]
+    assert run(fexec, only_id, [7, 8]) == [7, 8]  # nothing else to bind the item to
+    assert run(fexec, with_id, [["a", "b"]]) == [(["a", "b"], 0)]  # a list does not give id
+
+
+def test_futures_as_items_stand_for_their_results(fexec):
+    first = fexec.map(pair, [(1, 2), (3, 4)])
+    assert run(fexec, concat, [["x", "y"]]) == ["x y"]
+    assert run(fexec, lambda x, y: x * y, first) == [2, 12]  # each result (a tuple) spread again
+    failed = fexec.map(add, [{"a": 1, "z": 0}])
+    results = fexec.get_result(fexec.map(one, [failed[0], 5]), throw_except=False, timeout=60)
+    assert isinstance(results[0], TypeError) and results[1] == 5
 
 
 # --- what iterdata may be -------------------------------------------------------------------------

@@ -22,6 +22,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "Config": ".config",
     "FunctionExecutor": ".executor",
+    "RetryingFunctionExecutor": ".executor",
+    "FuturesList": ".futures",
     "ResponseFuture": ".futures",
     "ALL_COMPLETED": ".futures",
     "ANY_COMPLETED": ".futures",
@@ -39,7 +41,8 @@ def __getattr__(name: str):
 
 __all__ = [
     "ALL_COMPLETED", "ALWAYS", "ANY_COMPLETED", "BackendError", "CallTimeoutError", "CloudbuttonError",
-    "Config", "ConfigError", "FunctionExecutor", "MemoryLimitError", "RemoteError", "ResponseFuture",
+    "Config", "ConfigError", "FunctionExecutor", "FuturesList", "MemoryLimitError", "RemoteError", "ResponseFuture",
+    "RetryingFunctionExecutor",
     "SerializationError", "StateError", "StorageError", "WaitTimeoutError", "WorkerLostError", "__version__",
     "get_result", "wait",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import dis
 import functools
 import hashlib
 import itertools
@@ -23,6 +24,7 @@ from .errors import CallError, MemoryLimitError, RemoteError, WorkerLostError
 from .futures import (
     ALL_COMPLETED,
     DONE_STATES,
+    FuturesList,
     ResponseFuture,
     as_list,
     discard,
@@ -33,7 +35,7 @@ from .futures import (
 )
 from .job import JobSpec, expand_objects, parameter_names, plan_calls
 from .stats import summary_rows, to_dataframe
-from .storage import default_storage_url
+from .storage import Storage, default_storage_url, resolve_url
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +44,12 @@ class _JobRun:
     """Receives the outcomes of one job's calls from the backend and settles their futures; removes
     the job's stored data once every call is settled."""
 
-    def __init__(self, executor: FunctionExecutor, job: JobSpec, futures: list[ResponseFuture], retries: int):
+    def __init__(
+        self, executor: FunctionExecutor, job: JobSpec, futures: list[ResponseFuture], retries: int,
+        retry_errors: bool = False,
+    ):
         self.executor, self.job, self.futures, self.retries = executor, job, futures, retries
+        self.retry_errors = retry_errors  # run a call that raised again too, not only one whose worker was lost
         self.args: list[bytes | None] = [None] * len(futures)  # kept until settled, to run lost calls again
         self.payloads: list[bytes | None] | None = None  # results as pickled, kept for a reducer if set
         self.stored = False  # whether any argument or result went through storage
@@ -86,8 +92,20 @@ class _JobRun:
             except Exception as e:  # the result cannot be read or unpickled here
                 name = job.call_name(index)
                 value, error = None, RemoteError(f"the result of call {name} cannot be loaded: {e!r}", name)
+            if error is not None and self.retry_errors and self._retried(index):
+                continue
             outcomes.append((index, value, error))
         self.settle(outcomes)
+
+    def _retried(self, index: int) -> bool:
+        """Run call ``index`` again if it has retries left; return whether it was sent."""
+        future = self.futures[index]
+        with self._lock:
+            if future.attempts > self.retries or future.done() or self.settled[index]:
+                return False
+            future.attempts += 1
+            self.executor.backend.submit(self.job, [(index, self.args[index])], self)
+        return True
 
     def on_started(self, job: JobSpec, indices: list[int]) -> list[int]:
         running = mark_running([self.futures[index] for index in indices])
@@ -97,12 +115,9 @@ class _JobRun:
 
     def on_lost(self, job: JobSpec, index: int, error: CallError) -> None:
         future = self.futures[index]
-        retry = isinstance(error, WorkerLostError) and not isinstance(error, MemoryLimitError)
-        with self._lock:
-            if retry and future.attempts <= self.retries and not future.done():
-                future.attempts += 1
-                self.executor.backend.submit(job, [(index, self.args[index])], self)
-                return
+        retry = self.retry_errors or isinstance(error, WorkerLostError) and not isinstance(error, MemoryLimitError)
+        if retry and self._retried(index):
+            return
         if future.attempts > 1:
             error.add_note(f"call {job.call_name(index)} was tried {future.attempts} times")
         self.settle([(index, None, error)])
@@ -186,7 +201,32 @@ def _checked_env(extra_env) -> dict[str, str | None] | None:
     return env
 
 
-def _with_state_url(extra_env: dict | None, configured: str | None, function_bytes: bytes) -> dict | None:
+def _uses_state(function, function_bytes: bytes) -> bool:
+    """Whether ``function`` may use ``cloudbutton.state``: its pickle names it (by value), or a global
+    its code reads is a state name (by reference its pickle names only the function)."""
+    if b"cloudbutton.state" in function_bytes:
+        return True
+    code, scope = getattr(function, "__code__", None), getattr(function, "__globals__", None)
+    if code is None or scope is None:
+        return False
+    for name in _global_names(code):
+        value = scope.get(name)
+        if str(getattr(value, "__module__", None) or getattr(value, "__name__", "")).startswith("cloudbutton.state"):
+            return True
+    return False
+
+
+@functools.lru_cache(maxsize=1024)
+def _global_names(code) -> frozenset[str]:
+    """The global names ``code`` (and the code nested in it) reads."""
+    names = {i.argval for i in dis.get_instructions(code) if i.opname in ("LOAD_GLOBAL", "LOAD_NAME")}
+    for const in code.co_consts:
+        if hasattr(const, "co_code"):
+            names |= _global_names(const)
+    return frozenset(names)
+
+
+def _with_state_url(extra_env: dict | None, configured: str | None, function, function_bytes: bytes) -> dict | None:
     """Point calls at the caller's state server, so that a state object a call creates by name
     (``AtomicInt("hits")``) is the caller's: the configured one, else the embedded server if it runs,
     or is started now because the function uses ``cloudbutton.state``. Workers never start one."""
@@ -194,7 +234,7 @@ def _with_state_url(extra_env: dict | None, configured: str | None, function_byt
     if url is None:
         server = sys.modules.get("cloudbutton.state.server")
         url = server.running_url() if server else None
-        if url is None and b"cloudbutton.state" in function_bytes:
+        if url is None and _uses_state(function, function_bytes):
             from .state.server import embedded_url
 
             url = embedded_url()
@@ -222,23 +262,46 @@ class FunctionExecutor:
         self._data_url = f"{self.storage_url}/cloudbutton-jobs/{self.executor_id}"
         self._runs: list[_JobRun] = []
         self._reducers = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="cloudbutton-reducers")
-        self._reducers_waiting = 0  # reducers whose maps are not all done: they launch even after shutdown
+        self._reducers_waiting = 0  # reducers (and maps over futures) not launched yet: they launch even after shutdown
         self._reducers_lock = threading.Lock()
         self.futures: list[ResponseFuture] = []
         self._uncollected: list[ResponseFuture] = []
         self._jobs = itertools.count()
         self._closed = False
+        self._storage: Storage | None = None
+        self._last_call = "map"  # what the last submission was, for the shape of get_result()
+        self._call_env: dict[str, str] = {}  # environment variables every call gets (before its extra_env)
+
+    @property
+    def storage(self) -> Storage:
+        """A :class:`~cloudbutton.storage.Storage` on ``storage_url``: what a function's ``storage``
+        parameter receives. Cloud objects its calls put without a key are this executor's, removed by
+        ``clean()``."""
+        if self._storage is None:
+            self._storage = self._new_storage()
+            self._storage.cloudobject_prefix = f"cloudobjects/{self.executor_id}"
+        return self._storage
+
+    def _new_storage(self) -> Storage:
+        return Storage(self.storage_url)
+
+    def _resolve_object(self, ref: str) -> str:
+        """The URL an object reference in ``map_iterdata`` names (see ``cloudbutton.storage.resolve_url``)."""
+        return resolve_url(ref, self.storage_url)
 
     # --- submitting -------------------------------------------------------------------------
 
     def call_async(
-        self, func, data, extra_env=None, timeout=None, include_modules=None, exclude_modules=None
+        self, func, data, extra_env=None, runtime_memory=None, timeout=None, include_modules=None,
+        exclude_modules=None,
     ) -> ResponseFuture:
         """Run ``func`` once with ``data`` (one iterdata item) and return its future."""
-        return self.map(
-            func, [data], extra_env=extra_env, timeout=timeout, include_modules=include_modules,
-            exclude_modules=exclude_modules,
+        future = self.map(
+            func, [data], extra_env=extra_env, runtime_memory=runtime_memory, timeout=timeout,
+            include_modules=include_modules, exclude_modules=exclude_modules,
         )[0]
+        self._last_call = "call_async"
+        return future
 
     def map(
         self,
@@ -255,11 +318,15 @@ class FunctionExecutor:
         obj_chunk_size: int | None = None,
         obj_chunk_number: int | None = None,
         obj_newline: str | None = "\n",
-    ) -> list[ResponseFuture]:
-        """Run ``map_function`` once per item of ``map_iterdata``; return the futures in input order.
+    ) -> FuturesList:
+        """Run ``map_function`` once per item of ``map_iterdata``; return the futures in input order
+        (a :class:`~cloudbutton.futures.FuturesList`).
 
-        An item that is a dict is passed as keyword arguments, a tuple or list as positional
-        arguments, anything else as the single argument; ``extra_args`` is appended to each.
+        An item that is a dict binds its keys to parameter names; a tuple or list is spread over the
+        positional parameters if its length fits them, else it is the single argument, as anything else
+        is; ``extra_args`` is appended to each. A future as an item stands for its result: the call
+        starts once it is done. Parameters named ``id`` and ``storage`` receive the call's index and
+        a ready :class:`~cloudbutton.storage.Storage`.
 
         If ``map_function`` has a parameter named ``obj``, object references given for it (a URL,
         a prefix, a glob, or a key under ``storage_url``; ``map_iterdata`` may be one such string)
@@ -271,7 +338,8 @@ class FunctionExecutor:
             timeout=timeout, chunksize=chunksize, include_modules=include_modules, exclude_modules=exclude_modules,
             retries=retries, obj_chunk_size=obj_chunk_size, obj_chunk_number=obj_chunk_number, obj_newline=obj_newline,
         )
-        return list(run.futures)  # a copy: the caller may reorder it
+        self._last_call = "map"
+        return FuturesList(run.futures, self)  # a copy: the caller may reorder it
 
     def map_reduce(
         self,
@@ -292,16 +360,23 @@ class FunctionExecutor:
         include_modules: list[str] | None = None,
         exclude_modules: list[str] | None = None,
         retries: int | None = None,
-    ) -> list[ResponseFuture]:
+        obj_reduce_by_key: bool = False,
+        extra_args_reduce=None,
+    ) -> FuturesList:
         """``map`` then ``reduce_function(results)`` over the map results (in input order); returns the
-        reducers' futures, so ``get_result()`` gives the reduced value.
+        reducers' futures, so ``get_result()`` gives the reduced value (``obj_reduce_by_key`` is
+        Lithops' name for ``reducer_one_per_object``). ``extra_args_reduce`` (a tuple/list appended,
+        a dict merged) goes to each reducer.
 
         With ``reducer_one_per_object``, each object of ``map_iterdata`` gets its own reducer over the
         results of its partitions, and the reducers' futures come in the objects' order. A reducer
         starts as soon as the last map it needs finishes (``spawn_reducer`` is accepted for Lithops
         compatibility and has no effect). If a map call fails, its reducer fails with that error."""
+        reducer_one_per_object = reducer_one_per_object or obj_reduce_by_key
         if not callable(reduce_function):
             raise TypeError(f"reduce_function must be callable, not {type(reduce_function).__name__}")
+        if extra_args_reduce is not None and not isinstance(extra_args_reduce, (tuple, list, dict)):
+            raise TypeError(f"extra_args_reduce must be a tuple, list or dict, not {type(extra_args_reduce).__name__}")
         modules = serialize.by_value_modules(include_modules, exclude_modules, self.backend.shares_host)
         reduce_bytes = serialize.dumps_function(reduce_function, modules)  # fails before any map runs
         map_run, objects = self._map(
@@ -322,10 +397,17 @@ class FunctionExecutor:
         with self._reducers_lock:
             self._reducers_waiting += len(groups)
         for index, futures in enumerate(groups.values()):
-            reduce = functools.partial(self._reduce, reduce_run, index, map_run, futures, modules, by_keyword)
+            reduce = functools.partial(
+                self._launch_reducer, reduce_run, index, map_run, futures, modules, by_keyword, extra_args_reduce
+            )
             # launched from a thread of its own: the backend's result thread must not pickle and store
-            _when_all_done(futures, functools.partial(self._launch_soon, reduce))
-        return list(reduce_run.futures)
+            _when_all_done(futures, functools.partial(self._launch_soon, functools.partial(self._deferred, reduce)))
+        self._last_call = "map" if reducer_one_per_object else "map_reduce"
+        for future in map_run.futures:
+            future.produces_output = False  # get_result() of a list holding them gives the reducers' values
+        reducers = FuturesList(reduce_run.futures, self)
+        reducers.map_futures = list(map_run.futures)
+        return reducers
 
     def _launch_soon(self, reduce) -> None:
         try:
@@ -333,9 +415,10 @@ class FunctionExecutor:
         except RuntimeError:  # a shutdown in another thread closed the reducers' thread meanwhile
             threading.Thread(target=reduce, name="cloudbutton-reducer", daemon=True).start()
 
-    def _reduce(self, *args) -> None:
+    def _deferred(self, launch) -> None:
+        """Run ``launch`` (of a reducer, or of a map over futures), counted as waiting until then."""
         try:
-            self._launch_reducer(*args)
+            launch()
         finally:
             with self._reducers_lock:
                 self._reducers_waiting -= 1
@@ -344,7 +427,8 @@ class FunctionExecutor:
                 self._reducers.shutdown(wait=False)
 
     def _launch_reducer(
-        self, run: _JobRun, index: int, map_run: _JobRun, futures: list[ResponseFuture], modules, by_keyword: bool
+        self, run: _JobRun, index: int, map_run: _JobRun, futures: list[ResponseFuture], modules, by_keyword: bool,
+        extra_args=None,
     ) -> None:
         """Launch reducer ``index`` over the results of ``futures`` of ``map_run`` (all done), or fail
         it with theirs. The results travel as the maps pickled them."""
@@ -367,7 +451,11 @@ class FunctionExecutor:
             for f in futures:
                 map_run.payloads[f.call_index] = None
             results = serialize.Pickled(payloads)
-            call = ((), {"results": results}) if by_keyword else ((results,), {})
+            if isinstance(extra_args, (tuple, list)):  # results first, then these
+                call = ((results, *extra_args), {})
+            else:
+                call = ((), {"results": results}) if by_keyword else ((results,), {})
+                call[1].update(extra_args or {})
             args = serialize.dumps_arguments([call], modules, f"results reduced by {run.job.call_name(index)}:")
             run.launch([(index, args[0])])
         except Exception as e:  # noqa: BLE001 - e.g. unpicklable results: the reducer's outcome
@@ -382,25 +470,46 @@ class FunctionExecutor:
         self, map_function, map_iterdata, *, extra_args, extra_env, runtime_memory, timeout, chunksize,
         include_modules, exclude_modules, retries, obj_chunk_size, obj_chunk_number, obj_newline,
         collected_later: bool = False, keep_payloads: bool = False, only_objects: bool = False,
+        retry_errors: bool = False,
     ) -> tuple[_JobRun, list[str | None]]:
         """Plan, pickle and launch a map; return its run and the object URL each call reads. With
-        ``only_objects``, every call must read an object in storage (checked before anything runs)."""
+        ``only_objects``, every call must read an object in storage (checked before anything runs).
+        Items that are futures stand for their results: the map launches once they are all done."""
         if self._closed:
             raise RuntimeError("cannot schedule new calls after the executor was shut down")
         if not callable(map_function):
             raise TypeError(f"map_function must be callable, not {type(map_function).__name__}")
         settings = self._settings(runtime_memory, timeout, chunksize, retries)
+        modules = serialize.by_value_modules(include_modules, exclude_modules, self.backend.shares_host)
+        if not isinstance(map_iterdata, (str, bytes)) and isinstance(map_iterdata, Iterable):
+            map_iterdata = list(map_iterdata)  # a generator is read once
+        inputs = [item for item in map_iterdata if isinstance(item, cf.Future)] if type(map_iterdata) is list else []
+        if inputs:
+            if only_objects:
+                raise ValueError("reducer_one_per_object needs map_iterdata made of objects in storage")
+            function_bytes = serialize.dumps_function(map_function, modules)
+            items = map_iterdata
+            run = self._new_job(map_function, len(items), settings, extra_env, function_bytes, "M", collected_later,
+                                retry_errors)
+            if keep_payloads:
+                run.payloads = [None] * len(items)
+            launch = functools.partial(self._launch_over_futures, run, map_function, items, extra_args, modules)
+            with self._reducers_lock:
+                self._reducers_waiting += 1
+            _when_all_done(inputs, functools.partial(self._launch_soon, functools.partial(self._deferred, launch)))
+            return run, []
         iterdata, objects = expand_objects(
-            map_function, map_iterdata, self.storage_url, obj_chunk_size, obj_chunk_number, obj_newline
+            map_function, map_iterdata, self._resolve_object, obj_chunk_size, obj_chunk_number, obj_newline
         )
-        calls = plan_calls(iterdata, extra_args)
+        calls = plan_calls(map_function, iterdata, extra_args, lambda: self.storage)
         if only_objects and (len(objects) != len(calls) or None in objects):
             raise ValueError("reducer_one_per_object needs map_iterdata made of objects in storage "
                              "and a map function with a parameter named 'obj'")
-        modules = serialize.by_value_modules(include_modules, exclude_modules, self.backend.shares_host)
         args = serialize.dumps_arguments(calls, modules, "arguments of call")
         function_bytes = serialize.dumps_function(map_function, modules)
-        run = self._new_job(map_function, len(calls), settings, extra_env, function_bytes, "M", collected_later)
+        run = self._new_job(
+            map_function, len(calls), settings, extra_env, function_bytes, "M", collected_later, retry_errors
+        )
         if keep_payloads:
             run.payloads = [None] * len(calls)
         if args:
@@ -410,6 +519,27 @@ class FunctionExecutor:
                 self._forget(run)  # nothing was sent: no future may wait for it
                 raise
         return run, objects
+
+    def _launch_over_futures(self, run: _JobRun, map_function, items: list, extra_args, modules) -> None:
+        """Launch the calls of a map whose items include futures (all done): each future gives its
+        result as the item; a call whose future failed or was cancelled fails with that error."""
+        failed = {}
+        for index, item in enumerate(items):
+            if isinstance(item, cf.Future):
+                error = cf.CancelledError(f"{item!r} was cancelled") if item.cancelled() else item.exception()
+                if error is not None:
+                    failed[index] = error
+                else:
+                    items[index] = item.result()
+        indices = [index for index in range(len(items)) if index not in failed]
+        run.settle([(index, None, error) for index, error in failed.items()])
+        try:
+            calls = plan_calls(map_function, items, extra_args, lambda: self.storage)
+            args = serialize.dumps_arguments([calls[i] for i in indices], modules, "arguments of call")
+            if indices:
+                run.launch(list(zip(indices, args, strict=True)))
+        except Exception as e:  # noqa: BLE001 - e.g. an unpicklable result: the calls' outcome
+            run.settle([(index, None, e) for index in indices])
 
     def _forget(self, run: _JobRun) -> None:
         """Drop a job whose launch failed: its futures, its record and whatever it stored."""
@@ -421,10 +551,12 @@ class FunctionExecutor:
             _remove_stored(run.job.data_url)
 
     def _new_job(
-        self, function, n_calls: int, settings, extra_env, function_bytes: bytes, kind: str, collected_later=False
+        self, function, n_calls: int, settings, extra_env, function_bytes: bytes, kind: str, collected_later=False,
+        retry_errors=False,
     ) -> _JobRun:
         """A job of ``n_calls`` calls of ``function`` with their futures, not launched yet."""
-        extra_env = _with_state_url(_checked_env(extra_env), self.config.state_url, function_bytes)
+        extra_env = {**self._call_env, **(extra_env or {})}
+        extra_env = _with_state_url(_checked_env(extra_env), self.config.state_url, function, function_bytes)
         key = f"{self.executor_id}/{kind}{next(self._jobs):03d}"
         job = JobSpec(
             key=key,
@@ -445,26 +577,36 @@ class FunctionExecutor:
         self.futures += futures
         if not collected_later:
             self._uncollected += futures
-        run = _JobRun(self, job, futures, settings.retries)
+        run = _JobRun(self, job, futures, settings.retries, retry_errors)
         self._runs.append(run)
         return run
 
     # --- collecting -------------------------------------------------------------------------
 
-    def wait(self, fs=None, throw_except=True, return_when=ALL_COMPLETED, timeout=None, show_progressbar=None):
-        """Wait for ``fs`` (default: every call of this executor); return ``(done, not_done)``."""
+    def wait(
+        self, fs=None, throw_except=True, return_when=ALL_COMPLETED, timeout=None, show_progressbar=None, **_lithops
+    ):
+        """Wait for ``fs`` (default: every call of this executor); return ``(done, not_done)``.
+        ``return_when`` may also be Lithops' (``ALWAYS`` 0, ``ANY_COMPLETED`` -1, ``ALL_COMPLETED``
+        100) or a percentage of the futures. Lithops' other arguments (``download_results``,
+        ``threadpool_size``, ``wait_dur_sec``) are accepted and have no effect."""
         fs = self.futures if fs is None else as_list(fs)
         return wait(fs, throw_except, return_when, timeout, self._progress(show_progressbar))
 
-    def get_result(self, fs=None, throw_except=True, timeout=None, show_progressbar=None):
+    def get_result(self, fs=None, throw_except=True, timeout=None, show_progressbar=None, **_lithops):
         """Results in input order: of ``fs`` (a future gives a single value, a list a list), or by
-        default of every call not yet collected (a single value if there was just one call)."""
+        default of every call not yet collected: a list, or a single value if there is one and the
+        last submission was ``call_async`` or ``map_reduce`` (as in Lithops). A call that returned
+        futures gives their results in its place."""
         if fs is None:
-            fs, single = self._uncollected, len(self._uncollected) == 1
+            fs = self._uncollected
+            results = get_result(fs, throw_except, timeout, self._progress(show_progressbar))
+            single = len(results) == 1 and self._last_call != "map"
         else:
-            single = isinstance(fs, ResponseFuture)
+            single = isinstance(fs, cf.Future) or getattr(fs, "reduced", False)
             fs = as_list(fs)
-        results = get_result(fs, throw_except, timeout, self._progress(show_progressbar))
+            results = get_result(fs, throw_except, timeout, self._progress(show_progressbar))
+            single = single and len(results) == 1
         collected = set(map(id, fs))
         self._uncollected = [f for f in self._uncollected if id(f) not in collected]
         return results[0] if single else results
@@ -482,16 +624,29 @@ class FunctionExecutor:
         """``stats()`` as a pandas DataFrame (or the rows themselves when pandas is not installed)."""
         return to_dataframe(self.stats(fs))
 
-    def clean(self) -> None:
-        """Forget finished calls (their results and records) so their memory is freed, and remove
-        whatever data of finished jobs is left in storage."""
+    def clean(self, fs=None, cs=None, clean_cloudobjects: bool = True, **_lithops) -> None:
+        """Forget finished calls (of ``fs``, default all) so their memory is freed, and remove whatever
+        data of finished jobs is left in storage. Also delete the cloud objects ``cs`` and, with
+        ``clean_cloudobjects``, those this executor's calls put through their ``storage`` parameter
+        without a key. (Lithops' ``clean_fn``, ``force`` and ``on_exit`` have no effect.)"""
+        if cs:
+            self.storage.delete_cloudobjects(cs)
+        if clean_cloudobjects and self._storage is not None:
+            storage = self._storage
+            found = Storage.list_objects(storage, storage.cloudobject_prefix + "/", bucket=storage.bucket)
+            Storage.delete_objects(storage, [o["Key"] for o in found], bucket=storage.bucket)
+        chosen = None if fs is None else set(map(id, as_list(fs)))
+
+        def forget(f) -> bool:
+            return f._state in DONE_STATES and (chosen is None or id(f) in chosen)
+
         finished = [run for run in self._runs if run.unsettled == 0]
         for run in finished:
             if run.stored:
                 _remove_stored(run.job.data_url)  # normally gone already; a failed removal is retried
         self._runs = [run for run in self._runs if run not in finished]
-        self.futures = [f for f in self.futures if f._state not in DONE_STATES]
-        self._uncollected = [f for f in self._uncollected if f._state not in DONE_STATES]
+        self.futures = [f for f in self.futures if not forget(f)]
+        self._uncollected = [f for f in self._uncollected if not forget(f)]
 
     # --- lifetime ---------------------------------------------------------------------------
 
@@ -530,3 +685,38 @@ class FunctionExecutor:
 
     def __repr__(self) -> str:
         return f"<FunctionExecutor {self.executor_id} backend={self.config.backend}>"
+
+
+class RetryingFunctionExecutor:
+    """Lithops' ``RetryingFunctionExecutor(executor)``: its ``map`` runs each call that raised (or
+    timed out, or whose worker was lost) again, up to ``retries`` times (default: the executor's
+    ``retries`` setting); a call's future settles once, with its last attempt's outcome. Everything
+    else is the executor's."""
+
+    def __init__(self, executor: FunctionExecutor):
+        self.executor = executor
+        self.config = executor.config
+
+    def map(
+        self, map_function, map_iterdata, chunksize=None, extra_args=None, extra_env=None, runtime_memory=None,
+        obj_chunk_size=None, obj_chunk_number=None, obj_newline="\n", timeout=None, include_modules=None,
+        exclude_modules=None, retries=None,
+    ) -> FuturesList:
+        run, _ = self.executor._map(
+            map_function, map_iterdata, extra_args=extra_args, extra_env=extra_env, runtime_memory=runtime_memory,
+            timeout=timeout, chunksize=chunksize, include_modules=include_modules, exclude_modules=exclude_modules,
+            retries=retries, obj_chunk_size=obj_chunk_size, obj_chunk_number=obj_chunk_number,
+            obj_newline=obj_newline, retry_errors=True,
+        )
+        self.executor._last_call = "map"
+        return FuturesList(run.futures, self.executor)
+
+    def __getattr__(self, name: str):
+        return getattr(self.executor, name)
+
+    def __enter__(self) -> RetryingFunctionExecutor:
+        self.executor.__enter__()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.executor.__exit__(exc_type, exc, tb)

@@ -32,36 +32,122 @@ class JobSpec:
 
 _SCALARS = frozenset({int, float, complex, str, bytes, bool, type(None)})
 
+SPECIAL_PARAMETERS = ("id", "storage")
+"""Parameters filled by name in every call, as in Lithops: ``id`` (the call's index in its job) and
+``storage`` (a ready :class:`~cloudbutton.storage.Storage` on the executor's storage)."""
 
-def call_arguments(item: Any, extra_args: Any = None) -> tuple[tuple, dict]:
-    """One iterdata item as (args, kwargs): a dict is keyword arguments, a tuple/list positional
-    arguments, anything else the single argument; ``extra_args`` is appended (a tuple/list) or
-    merged (a dict)."""
-    if type(item) in _SCALARS:  # the common case, without the slow abstract-class check of Mapping
-        args, kwargs = (item,), {}
-    elif isinstance(item, Mapping):
-        args, kwargs = (), dict(item)
-    elif isinstance(item, (tuple, list)):
-        args, kwargs = tuple(item), {}
-    else:
-        args, kwargs = (item,), {}
-    if extra_args is not None:
-        if isinstance(extra_args, Mapping):
-            kwargs.update(extra_args)
-        elif isinstance(extra_args, (tuple, list)):
-            args += tuple(extra_args)
+_POSITIONAL = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+
+
+@dataclasses.dataclass(frozen=True)
+class Binder:
+    """How the iterdata items of one function become its calls' ``(args, kwargs)`` (Lithops' rule)."""
+
+    names: tuple[str, ...] | None  # positional parameters, special ones left out; None: signature unknown
+    required: int  # how many of ``names`` have no default
+    var_args: str | None  # the names of *args and **kwargs, if the function has them
+    var_kwargs: str | None
+    specials: dict[str, int | None]  # the special parameters the function takes: their positions (None: keyword-only)
+    by_name: bool  # a special parameter comes before a positional one: bind positional items by name
+    positional: int = 0  # how many positional parameters, special ones included
+    required_all: int = 0  # how many of those have no default
+
+    @classmethod
+    def of(cls, func) -> Binder:
+        try:
+            params = list(inspect.signature(func).parameters.values())
+        except (TypeError, ValueError):  # e.g. some builtins have no signature: spread tuples and lists
+            return cls(None, 0, None, None, {}, False)
+        positional = [p for p in params if p.kind in _POSITIONAL]
+        specials = {p.name: (positional.index(p) if p in positional else None) for p in params
+                    if p.name in SPECIAL_PARAMETERS and p.kind in (*_POSITIONAL, inspect.Parameter.KEYWORD_ONLY)}
+        first_special = min((i for i in specials.values() if i is not None), default=len(positional))
+        kinds = {p.kind: p.name for p in params}
+        return cls(
+            names=tuple(p.name for p in positional if p.name not in specials),
+            required=sum(p.default is p.empty for p in positional if p.name not in specials),
+            var_args=kinds.get(inspect.Parameter.VAR_POSITIONAL),
+            var_kwargs=kinds.get(inspect.Parameter.VAR_KEYWORD),
+            specials=specials,
+            by_name=any(p.name not in specials for p in positional[first_special:]),
+            positional=len(positional),
+            required_all=sum(p.default is p.empty for p in positional),
+        )
+
+    def spreads(self, n: int) -> bool:
+        """Whether ``n`` positional arguments fit the function's parameters (special ones left out), so
+        that a tuple or list of ``n`` items is spread over them (else it is the single argument)."""
+        if self.names is None:
+            return True
+        return self.required <= n and (n <= len(self.names) or self.var_args is not None)
+
+    def arguments(self, item: Any, extra_args: Any = None) -> tuple[tuple, dict]:
+        """One iterdata item as (args, kwargs): a dict binds its keys to parameter names (a key named
+        like the function's ``*args``/``**kwargs`` feeds them); a tuple or list is spread over the
+        positional parameters when its length (with ``extra_args``) fits them, else it is the single
+        argument, as is anything else. A tuple/list ``extra_args`` is appended, a dict merged.
+
+        A tuple that fits only with the special parameters counted gives them too, by position."""
+        extra, extra_kwargs = (), None
+        if extra_args is not None:
+            if isinstance(extra_args, Mapping):
+                extra_kwargs = extra_args
+            elif isinstance(extra_args, (tuple, list)):
+                extra = tuple(extra_args)
+            else:
+                raise TypeError(f"extra_args must be a tuple, list or dict, not {type(extra_args).__name__}")
+        if type(item) in _SCALARS:  # the common case, without the slow abstract-class check of Mapping
+            args, kwargs = (item, *extra), {}
+        elif isinstance(item, Mapping):
+            kwargs = dict(item)
+            args = extra
+            if self.var_args and isinstance(kwargs.get(self.var_args), (tuple, list)):
+                args = (*kwargs.pop(self.var_args), *extra)
+            if self.var_kwargs and isinstance(kwargs.get(self.var_kwargs), Mapping):
+                kwargs = {**kwargs.pop(self.var_kwargs), **kwargs}
+        elif isinstance(item, (tuple, list)) and self.spreads(len(item) + len(extra)):
+            args, kwargs = (*item, *extra), {}
+        elif type(item) is tuple and self.specials and self.required_all <= len(item) + len(extra) <= self.positional:
+            return (*item, *extra), dict(extra_kwargs or {})  # e.g. (storage, key) for f(storage, key)
         else:
-            raise TypeError(f"extra_args must be a tuple, list or dict, not {type(extra_args).__name__}")
-    return args, kwargs
+            args, kwargs = (item, *extra), {}
+        if extra_kwargs:
+            kwargs.update(extra_kwargs)
+        if self.by_name and args and len(args) <= len(self.names):
+            kwargs = {**dict(zip(self.names, args, strict=False)), **kwargs}
+            args = ()
+        return args, kwargs
+
+    def fill(self, index: int, args: tuple, kwargs: dict, storage) -> None:
+        """Fill in the special parameters of call ``index`` that its item did not give."""
+        for name, position in self.specials.items():
+            if name in kwargs or position is not None and position < len(args):
+                continue
+            if name == "id":
+                kwargs["id"] = index
+            elif storage is not None:
+                kwargs["storage"] = storage
 
 
-def plan_calls(iterdata: Iterable, extra_args: Any = None) -> list[tuple[tuple, dict]]:
+def plan_calls(func, iterdata: Iterable, extra_args: Any = None, storage=None) -> list[tuple[tuple, dict]]:
+    """The calls of ``func`` over ``iterdata``; the special parameters ``func`` takes are filled in
+    where the items do not give them (``storage()`` gives the Storage a ``storage`` parameter receives)."""
     if isinstance(iterdata, (str, bytes)) or not isinstance(iterdata, Iterable):
         raise TypeError(
             f"map_iterdata must be an iterable of call arguments, not {type(iterdata).__name__};"
             " wrap a single item in a list"
         )
-    return [call_arguments(item, extra_args) for item in iterdata]
+    binder = Binder.of(func)
+    if extra_args is None and not binder.by_name:  # the common case, with scalars' calls made here
+        arguments, scalars = binder.arguments, _SCALARS
+        calls = [((item,), {}) if type(item) in scalars else arguments(item) for item in iterdata]
+    else:
+        calls = [binder.arguments(item, extra_args) for item in iterdata]
+    if binder.specials:
+        ready = storage() if "storage" in binder.specials and storage is not None else None
+        for index, (args, kwargs) in enumerate(calls):
+            binder.fill(index, args, kwargs, ready)
+    return calls
 
 
 BATCH_SECONDS = 0.002
@@ -104,19 +190,18 @@ def parameter_names(func) -> list[str]:
 
 
 def expand_objects(
-    func, iterdata: Iterable, storage_url: str, chunk_size=None, chunk_number=None, newline="\n"
+    func, iterdata: Iterable, resolve, chunk_size=None, chunk_number=None, newline="\n"
 ) -> tuple[list, list[str | None]]:
     """If ``func`` has a parameter named ``obj``, replace each object reference given for it (a URL,
-    prefix or glob; a key under ``storage_url``) by the partitions of the objects it names, one call
-    each, with the item's other arguments repeated. Returns the new iterdata and, per item, the URL
-    of the object it reads (None for items that read none)."""
+    prefix or glob; ``resolve(ref)`` gives the URL it names) by the partitions of the objects it names,
+    one call each, with the item's other arguments repeated. Returns the new iterdata and, per item,
+    the URL of the object it reads (None for items that read none)."""
     params = parameter_names(func)
     if "obj" not in params:
         if chunk_size is not None or chunk_number is not None:
             raise ValueError("obj_chunk_size and obj_chunk_number need a map function with a parameter named 'obj'")
         return iterdata, []
     from .partition import plan_partitions
-    from .storage import resolve_url
 
     position = params.index("obj")
     items, objects = [], []
@@ -132,7 +217,7 @@ def expand_objects(
             items.append(item)
             objects.append(None)
             continue
-        for part in plan_partitions(resolve_url(ref, storage_url), chunk_size, chunk_number, newline):
+        for part in plan_partitions(resolve(ref), chunk_size, chunk_number, newline):
             items.append(rebuild(part))
             objects.append(part.url)
     return items, objects

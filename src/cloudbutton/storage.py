@@ -155,6 +155,9 @@ class CloudObject:
 class Storage:
     """Objects under one fsspec URL: ``Storage("s3://bucket/prefix")``, ``Storage("memory://x")``, ``Storage()``."""
 
+    cloudobject_prefix = "cloudobjects"
+    """Where ``put_cloudobject`` puts objects given no key."""
+
     def __init__(self, url: str | None = None, bucket: str | None = None, **storage_options: Any):
         self.url = (url or default_storage_url()).rstrip("/")
         self.storage_options = storage_options
@@ -164,6 +167,15 @@ class Storage:
 
     def __repr__(self) -> str:
         return f"Storage({self.url!r})"
+
+    def __getstate__(self) -> dict:
+        """A Storage pickles as its URL and options (a call may receive one); its filesystem is made again."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("fs", "root")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.fs, root = filesystem(self.url, **self.storage_options)
+        self.root = root.rstrip("/")
 
     # --- paths --------------------------------------------------------------------------------
 
@@ -276,7 +288,7 @@ class Storage:
     def put_cloudobject(self, body, key: str | None = None, *, bucket: str | None = None) -> CloudObject:
         """Store ``body`` (bytes, str or a binary file) and return a reference a later call can read.
         Without ``key``, a unique one under ``cloudobjects/`` is chosen."""
-        key = key or f"cloudobjects/{uuid.uuid4().hex}"
+        key = key or f"{self.cloudobject_prefix}/{uuid.uuid4().hex}"
         self.put_object(key, body, bucket=bucket)
         return CloudObject(self.object_url(key, bucket), key)
 
@@ -291,6 +303,25 @@ class Storage:
         with storage_errors(cobj.url, "delete"):
             fs.info(path)
             fs.rm_file(path)
+
+    def delete_cloudobjects(self, cobjs) -> None:
+        """Delete the objects of several ``CloudObject``s; missing ones are skipped."""
+        for cobj in cobjs:
+            try:
+                self.delete_cloudobject(cobj)
+            except StorageError as e:
+                if not isinstance(e.__cause__, FileNotFoundError):
+                    raise
+
+    def head_bucket(self, bucket: str | None = None) -> dict:
+        """Metadata of the bucket (folder) ``bucket`` (default: the storage's own), in Lithops' shape
+        (``{"ResponseMetadata": {"HTTPStatusCode": 200}, ...}``); a missing one is a StorageError."""
+        base = self._base(bucket)
+        url = self.fs.unstrip_protocol(base)
+        with storage_errors(url, "read", missing="no bucket at"):
+            if not self.fs.isdir(base) and not self.fs.exists(base):
+                raise FileNotFoundError(url)
+        return {"ResponseMetadata": {"HTTPStatusCode": 200}, "url": url}
 
     # --- listing ------------------------------------------------------------------------------
 
