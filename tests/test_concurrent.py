@@ -256,3 +256,33 @@ def test_an_executor_dropped_without_shutdown_is_freed_once_its_calls_are_done(i
         return [r() for r in refs] == [None, None, None]
 
     until(all_freed, "the dropped executors to be freed")  # each is shut down in a thread of its own first
+
+
+def keywords(**kwargs):
+    return kwargs
+
+
+def test_keyword_arguments_named_self_and_fn_reach_the_function(executor):
+    assert executor.submit(keywords, self=1, fn=2).result(timeout=30) == {"self": 1, "fn": 2}
+    with pytest.raises(TypeError):  # fn is positional-only, as in the standard library
+        executor.submit(fn=keywords)
+
+
+class Payload:
+    pass
+
+
+def same(x):
+    return x
+
+
+def test_no_reference_is_kept_to_a_calls_argument_or_result_once_its_future_is_dropped(isolated):
+    with ServerlessExecutor(max_workers=2) as ex:
+        argument = Payload()
+        argument_ref = weakref.ref(argument)
+        future = ex.submit(same, argument)
+        result_ref = weakref.ref(future.result(timeout=30))
+        del argument, future
+        gc.collect()
+        assert argument_ref() is None
+        assert result_ref() is None  # the copy the call sent back

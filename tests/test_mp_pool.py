@@ -1,9 +1,11 @@
 """cloudbutton.multiprocessing.Pool with real workers (after CPython's _test_multiprocessing.py, _TestPool)."""
 
+import collections
 import concurrent.futures as cf
 import gc
 import itertools
 import multiprocessing
+import multiprocessing.pool
 import os
 import signal
 import threading
@@ -15,7 +17,9 @@ from calls import until, wait_for
 
 from cloudbutton import SerializationError, WorkerLostError
 from cloudbutton import multiprocessing as mp
+from cloudbutton.backends.local import LocalBackend
 from cloudbutton.concurrent import InitializerError
+from cloudbutton.multiprocessing.pool import MaybeEncodingError
 
 
 def sqr(x):
@@ -213,12 +217,57 @@ def test_map_async_reports_the_first_error_in_input_order(pool, gate):
         result.get()
 
 
-def test_unpicklable_arguments_fail_at_submit_time(pool):
-    with pytest.raises(SerializationError, match="lock"):
-        pool.apply_async(sqr, (threading.Lock(),))
-    with pytest.raises(SerializationError):
-        pool.map(sqr, [1, threading.Lock()], chunksize=1)
+class Unpicklable:
+    def __reduce__(self):
+        raise RuntimeError("cannot pickle")
+
+
+def test_unpicklable_arguments_raise_what_pickling_raised_when_the_result_is_got(pool):
+    errors = []
+    result = pool.apply_async(sqr, (threading.Lock(),), error_callback=errors.append)  # as in the stdlib: no error yet
+    with pytest.raises(TypeError, match="lock"):
+        result.get(timeout=30)
+    assert not isinstance(errors[0], SerializationError) and isinstance(errors[0], TypeError)
+    with pytest.raises(RuntimeError, match="cannot pickle"):
+        pool.map(sqr, [Unpicklable()] * 10)
+    for chunksize in (1, 2):  # only the item (or chunk) that cannot be pickled fails
+        results = pool.imap(sqr, [1, 2, Unpicklable(), 4, 5], chunksize)
+        assert [next(results) for _ in range(2)] == [1, 4]
+        with pytest.raises(RuntimeError, match="cannot pickle"):
+            next(results)
+        assert list(results) == ([25] if chunksize == 2 else [16, 25])  # a chunk fails whole, as in the stdlib
+    results = pool.imap_unordered(sqr, iter([Unpicklable(), 3]))
+    with pytest.raises(RuntimeError, match="cannot pickle"):
+        next(results)
+    assert list(results) == [9]
     assert pool.map(sqr, [3]) == [9]
+
+
+def unpicklable_result(x):
+    return threading.Lock()
+
+
+def test_a_result_that_cannot_be_pickled_back_is_a_maybe_encoding_error(pool):
+    errors = []
+    result = pool.apply_async(unpicklable_result, (1,), error_callback=errors.append)
+    with pytest.raises(MaybeEncodingError, match="lock") as raised:
+        result.get(timeout=30)
+    assert errors == [raised.value] and raised.value.exc and raised.value.value
+    assert mp.pool.MaybeEncodingError is MaybeEncodingError  # the standard library's
+    with pytest.raises(MaybeEncodingError):
+        pool.map(unpicklable_result, range(4), chunksize=2)
+    assert pool.apply(sqr, (4,)) == 16  # the workers are fine
+
+
+def test_a_tasks_exception_has_the_remote_traceback_as_its_cause(pool):
+    with pytest.raises(KeyError) as raised:
+        pool.apply(raise_on, (3,))
+    cause = raised.value.__cause__
+    assert type(cause) is multiprocessing.pool.RemoteTraceback
+    assert 'raise KeyError(f"bad {x}")' in cause.tb and str(cause) == cause.tb
+    with pytest.raises(OSError) as raised:  # the input's own exception is not remote
+        pool.map(sqr, numbers(5, fail_at=2))
+    assert raised.value.__cause__ is None
 
 
 def test_a_worker_that_dies_fails_its_task_and_the_others_complete(pool):
@@ -406,8 +455,9 @@ def test_a_pool_dropped_without_terminate_stops_its_callback_thread(isolated):
     assert got == [[1, 4]]
     (callbacks,) = _new_threads(before, "cloudbutton-pool-callbacks")
     dropped = weakref.ref(p)
-    del p
-    gc.collect()
+    with pytest.warns(ResourceWarning, match="unclosed running multiprocessing pool"):  # as the stdlib's
+        del p
+        gc.collect()
     assert dropped() is None  # nothing of the pool's own keeps it alive
     callbacks.join(30)
     assert not callbacks.is_alive()
@@ -429,6 +479,39 @@ def test_initializer_sets_globals_the_tasks_see(isolated):
         assert p.apply(prefixed, (7,)) == "n=7"
 
 
+def record_start(folder):
+    with open(os.path.join(folder, str(os.getpid())), "a") as f:
+        f.write("started\n")
+
+
+def test_initializer_runs_once_in_each_worker_as_the_pool_starts(isolated, tmp_path):
+    p = mp.Pool(2, initializer=record_start, initargs=(str(tmp_path),))
+    p.close()
+    p.join()  # no task at all: the workers ran it as the pool started
+    started = {f.name: f.read_text() for f in tmp_path.iterdir()}
+    assert 1 <= len(started) <= 2 and set(started.values()) == {"started\n"}
+    (tmp_path / "again").mkdir()
+    with mp.Pool(1, initializer=record_start, initargs=(str(tmp_path / "again"),)) as p:
+        assert p.map(sqr, range(10)) == [x * x for x in range(10)]
+        assert [f.read_text() for f in (tmp_path / "again").iterdir()] == ["started\n"]
+
+
+def pid_of(_):
+    return os.getpid()
+
+
+def test_a_worker_is_replaced_after_maxtasksperchild_tasks(isolated):
+    if not getattr(LocalBackend, "recycles_workers", False):
+        with pytest.raises(NotImplementedError, match="runtime_memory"):  # says what to use instead
+            mp.Pool(2, maxtasksperchild=2)
+        pytest.skip("the local backend does not replace a worker when a call asks for it yet")
+    with mp.Pool(2, maxtasksperchild=2) as p:
+        pids = [r.get(60) for r in [p.apply_async(pid_of, (i,)) for i in range(8)]]
+        assert max(collections.Counter(pids).values()) <= 2 and len(set(pids)) >= 4
+        pids = p.map(pid_of, range(6), chunksize=1)
+        assert max(collections.Counter(pids).values()) <= 2 and len(set(pids)) >= 3
+
+
 def test_failing_initializer_is_a_clear_error(isolated):
     with mp.Pool(2, initializer=failing_initializer) as p:
         with pytest.raises(InitializerError, match="failing_initializer raised ValueError: no model file"):
@@ -442,8 +525,6 @@ def test_bad_arguments(isolated):
         mp.Pool(0)
     with pytest.raises(ValueError, match="maxtasksperchild"):
         mp.Pool(2, maxtasksperchild=0)
-    with pytest.raises(NotImplementedError, match="runtime_memory"):
-        mp.Pool(2, maxtasksperchild=10)
     with pytest.raises(TypeError, match="initializer"):
         mp.Pool(2, initializer=3)
     with mp.Pool(2) as p:

@@ -1,6 +1,7 @@
 """cloudbutton.multiprocessing.Process and the module-level names, with real workers (after CPython's
 _test_multiprocessing.py, _TestProcess)."""
 
+import gc
 import multiprocessing
 import multiprocessing.connection
 import os
@@ -10,6 +11,7 @@ import sys
 import textwrap
 import threading
 import time
+import weakref
 
 import pytest
 from calls import wait_for
@@ -310,3 +312,44 @@ def test_standard_names():
     assert mp.TimeoutError is multiprocessing.TimeoutError
     assert mp.ProcessError is multiprocessing.ProcessError
     assert mp.freeze_support() is None
+
+
+def write_authkey(path):
+    with open(path, "wb") as f:
+        f.write(bytes(mp.current_process().authkey))
+
+
+def test_authkey_is_inherited_and_travels_with_the_process(tmp_path):
+    p = mp.Process(target=write_authkey, args=(tmp_path / "inherited",))
+    assert isinstance(p.authkey, bytes) and p.authkey == multiprocessing.current_process().authkey
+    p.start()
+    p.join(60)
+    assert (tmp_path / "inherited").read_bytes() == multiprocessing.current_process().authkey
+    p = mp.Process(target=write_authkey, args=(tmp_path / "set",))
+    p.authkey = b"secret"
+    assert p.authkey == b"secret"
+    p.start()
+    p.join(60)
+    assert (tmp_path / "set").read_bytes() == b"secret"
+
+
+class Target:
+    def __call__(self, out):
+        write(out.path, "called")
+
+
+class Out:
+    def __init__(self, path):
+        self.path = path
+
+
+def test_a_started_process_keeps_no_reference_to_its_target_and_arguments(tmp_path):
+    target, argument = Target(), Out(tmp_path / "out")
+    refs = weakref.ref(target), weakref.ref(argument)
+    p = mp.Process(target=target, args=(argument,))
+    del target, argument
+    p.start()
+    p.join(60)
+    gc.collect()
+    assert [ref() for ref in refs] == [None, None]
+    assert (tmp_path / "out").read_text() == "called"

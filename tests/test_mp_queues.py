@@ -5,13 +5,16 @@ import os
 import pickle
 import queue
 import signal
+import sys
 import threading
+import time
 from multiprocessing import BufferTooShort
 
 import pytest
 import redis
 from mp_store import finished, mp_store, no_orphans, run  # noqa: F401 - fixtures used by this module
 
+from cloudbutton import multiprocessing as mp
 from cloudbutton.multiprocessing.connection import Pipe
 from cloudbutton.multiprocessing.queues import JoinableQueue, Queue, SimpleQueue
 from cloudbutton.state import state_url
@@ -249,6 +252,7 @@ def test_duplex_pipe_with_a_process():
 def test_everything_sent_before_close_is_received_then_eof():
     reader, writer = Pipe(duplex=False)
     p = run(send_and_close, writer, list(range(50)))
+    writer.close()  # as with the standard library, the end is open while this process holds it too
     assert [reader.recv() for _ in range(50)] == list(range(50))
     with pytest.raises(EOFError):
         reader.recv()
@@ -339,3 +343,98 @@ def test_a_child_that_ends_without_closing_its_end_closes_it():
     with pytest.raises(EOFError):  # the child's end was closed when it ended, as a child's exit does
         parent_conn.recv()
     assert finished(p) == [0]
+
+
+def send_then_hold(conn, message, release):
+    conn.send(message)
+    release.wait(60)  # still holding its copy of the end
+
+
+def test_an_end_shared_by_several_processes_ends_with_its_last_holder():
+    reader, writer = Pipe(duplex=False)
+    release = mp.Event()
+    early = run(send_one, writer, "early")
+    late = run(send_then_hold, writer, "late", release)
+    writer.close()
+    assert finished(early) == [0]  # its copy is closed, the other holder's is not: no end of file yet
+    assert sorted([reader.recv(), reader.recv()]) == ["early", "late"]
+    assert reader.poll(0.2) is False
+    release.set()
+    assert finished(late) == [0]
+    with pytest.raises(EOFError):
+        reader.recv()
+
+
+def close_it(conn):
+    conn.close()
+
+
+def test_a_child_closing_its_copy_of_the_parents_end_does_not_end_the_parents():
+    reader, writer = Pipe(duplex=False)
+    assert finished(run(close_it, writer)) == [0]
+    writer.send("after the child")
+    assert reader.recv() == "after the child"
+    writer.close()
+    with pytest.raises(EOFError):
+        reader.recv()
+
+
+def expect_eof(conn):
+    if not conn.poll(10):
+        sys.exit(1)
+    try:
+        conn.recv()
+    except EOFError:
+        return
+    sys.exit(2)
+
+
+def test_every_holder_of_the_reading_end_sees_the_end_of_file():
+    reader, writer = Pipe(duplex=False)
+    writer.close()
+    with pytest.raises(EOFError):
+        reader.recv()
+    assert finished(run(expect_eof, reader)) == [0]  # a copy of the reader sees it too
+
+
+def send_when_set(conn, event, message):
+    event.wait(60)
+    conn.send(message)
+
+
+def test_connection_wait_on_pipes_and_process_sentinels():
+    from cloudbutton.multiprocessing.connection import wait
+
+    a, b = Pipe()
+    go, end = mp.Event(), mp.Event()
+    sender = run(send_when_set, b, go, "from the child")
+    waiter = run(end.wait, 60)
+    start = time.monotonic()
+    assert wait([a, waiter.sentinel], 0.3) == []
+    assert time.monotonic() - start >= 0.3
+    assert wait([a], -1) == []
+    go.set()  # the message comes while wait() blocks
+    assert wait([a, waiter.sentinel], 60) == [a]
+    assert wait([a, waiter.sentinel], 0) == [a]  # held for recv, as by poll()
+    assert a.recv() == "from the child"
+    end.set()
+    assert wait([a, waiter.sentinel], 60) == [waiter.sentinel]
+    assert finished(sender, waiter) == [0, 0]
+    b.close()
+    assert wait([a], 60) == [a]  # the end of the pipe is there to read
+    with pytest.raises(EOFError):
+        a.recv()
+
+
+def die_holding(conn):
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_a_killed_child_lets_go_of_its_pipe_ends():
+    reader, writer = Pipe(duplex=False)
+    p = run(die_holding, writer)
+    writer.close()
+    assert finished(p) == [-signal.SIGKILL]
+    assert reader.poll(30)  # as a killed child's descriptors close
+    with pytest.raises(EOFError):
+        reader.recv()

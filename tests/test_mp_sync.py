@@ -395,6 +395,13 @@ def test_event_is_one_store_object_and_wait_honours_its_timeout():
         seen.delete()
 
 
+def test_event_repr_is_the_standard_librarys():
+    event = Event()
+    assert repr(event) == f"<Event at {id(event):#x} unset>"
+    event.set()
+    assert repr(event) == f"<Event at {id(event):#x} set>"
+
+
 # --- Barrier ------------------------------------------------------------------------------------------
 
 def test_barrier_gives_distinct_indices_to_processes():

@@ -82,21 +82,60 @@ class _Task:
 
     With ``chunked``, one call runs the function over a list of items and returns the list of
     results (as ``multiprocessing.Pool`` and ``ProcessPoolExecutor.map`` send chunks); each item is
-    the single argument, or with ``star`` a tuple of arguments."""
+    the single argument, or with ``star`` a tuple of arguments. With ``pickled``, the result is
+    returned pickled (``serialize.loads`` it): one that cannot be pickled fails the call with
+    ``multiprocessing.pool.MaybeEncodingError``, as in the standard library's Pool. With ``recycle``
+    ``(token, n)``, the worker process is replaced once it ran ``n`` calls of that token (successful
+    or not), as a Pool's worker with ``maxtasksperchild``."""
 
-    def __init__(self, fn: Callable, init: _Initializer | None, chunked: bool = False, star: bool = False):
+    def __init__(self, fn: Callable, init: _Initializer | None, chunked: bool = False, star: bool = False,
+                 pickled: bool = False, recycle: tuple[str, int] | None = None):
         if not callable(fn):
             raise TypeError(f"{type(fn).__name__!r} object is not callable")
-        self.fn, self.init, self.chunked, self.star = fn, init, chunked, star
+        self.fn, self.init, self.chunked, self.star, self.pickled = fn, init, chunked, star, pickled
+        self.recycle = recycle
         self.__qualname__ = getattr(fn, "__qualname__", type(fn).__name__)  # names the calls in errors
 
-    def __call__(self, *args, **kwargs):
+    def __call__(self, /, *args, **kwargs):  # keyword arguments named self (or anything) reach fn
         if self.init is not None:
             self.init.ensure()
-        if self.chunked:
-            fn = self.fn
-            return [fn(*item) for item in args[0]] if self.star else [fn(item) for item in args[0]]
-        return self.fn(*args, **kwargs)
+        try:
+            if self.chunked:
+                fn = self.fn
+                result = [fn(*item) for item in args[0]] if self.star else [fn(item) for item in args[0]]
+            else:
+                result = self.fn(*args, **kwargs)
+            return _pickled(result) if self.pickled else result
+        finally:
+            if self.recycle is not None:
+                _count_task(*self.recycle)
+
+
+_tasks_run: dict[str, int] = {}
+"""In a worker process: how many calls of each recycling token (a Pool with maxtasksperchild) it ran."""
+
+
+def _count_task(token: str, most: int) -> None:
+    from .worker import retire
+
+    _tasks_run[token] = _tasks_run.get(token, 0) + 1
+    if _tasks_run[token] >= most:
+        retire()  # the backend replaces this worker process once this call returns
+
+
+def _pickled(value: Any) -> bytes:
+    from multiprocessing.pool import MaybeEncodingError
+
+    from .serialize import dumps
+
+    try:
+        return dumps(value)
+    except Exception as e:  # noqa: BLE001 - whatever pickling raises, as the standard library's Pool
+        raise MaybeEncodingError(e, value) from None
+
+
+def _noop() -> None:
+    """What Pool sends to run its initializer in each worker as it starts."""
 
 
 # --- the caller side ------------------------------------------------------------------------
@@ -110,40 +149,71 @@ class _Runner:
     """What ``ServerlessExecutor``, ``multiprocessing.Pool`` and ``Process`` share: a FunctionExecutor,
     the initializer, the broken state after it failed, and forgetting finished calls as they pile up."""
 
-    def __init__(self, max_workers=None, initializer=None, initargs=(), backend=None, config=None, **overrides):
+    def __init__(self, max_workers=None, initializer=None, initargs=(), backend=None, config=None,
+                 maxtasks: int | None = None, **overrides):
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         from .executor import FunctionExecutor
 
         self.fexec = FunctionExecutor(backend=backend, max_workers=max_workers, config=config, **overrides)
+        if maxtasks is not None and not self.fexec.backend.recycles_workers:
+            self.fexec.shutdown()
+            raise NotImplementedError(
+                f"maxtasksperchild needs a backend that replaces a worker when a call asks for it, which"
+                f" {self.fexec.config.backend!r} does not. To bound the memory of a leaking task, use"
+                " Pool(runtime_memory=MB): a worker that exceeds it is replaced"
+            )
+        self.recycle = None if maxtasks is None else (secrets.token_hex(8), maxtasks)
         self.init = None if initializer is None else _Initializer(initializer, initargs)
         self.closed = False
         self.broken: str | None = None  # why, once an initializer failed
         self._lock = threading.Lock()
-        self._clean_at = 10_000
+        self._finished = 0  # calls finished since the executor last forgot the finished ones
+        self._count_lock = threading.Lock()
 
     @property
     def workers(self) -> int:
         return self.fexec.backend.workers
 
-    def task(self, fn: Callable, chunked: bool = False, star: bool = False) -> _Task:
-        return _Task(fn, self.init, chunked, star)
+    def task(self, fn: Callable, chunked: bool = False, star: bool = False, pickled: bool = False,
+             counted: bool = True) -> _Task:
+        return _Task(fn, self.init, chunked, star, pickled, self.recycle if counted else None)
 
-    def submit(self, task: _Task, items: list[tuple], kwargs: dict | None = None) -> list[cf.Future]:
+    def submit(self, task: _Task, items: list[tuple], kwargs: dict | None = None,
+               chunksize: int | None = None) -> list[cf.Future]:
         """One call per item (a tuple of positional arguments; ``kwargs`` go to each); returns futures."""
         with self._lock:
             if self.broken:
                 raise InitializerError(f"{self.broken}; this executor can no longer be used")
             if self.closed:
                 raise RuntimeError("cannot schedule new calls after shutdown")
-            futures = self.fexec.map(task, items, extra_args=kwargs or None)
-            if len(self.fexec.futures) >= self._clean_at:  # a long-lived executor must not keep every call
-                self.fexec.clean()
-                self._clean_at = 2 * len(self.fexec.futures) + 10_000
-        if self.init is not None:
-            for f in futures:
-                f.add_done_callback(self._check_initializer)
+            if task.recycle is not None:
+                chunksize = 1  # a worker is replaced after the batch of its last call: batches of one
+            futures = self.fexec.map(task, items, extra_args=kwargs or None, chunksize=chunksize)
+            self._forget_finished()
+        for f in futures:
+            f.add_done_callback(self._finish)
         return futures
+
+    def _finish(self, future: cf.Future) -> None:
+        if self.init is not None:
+            self._check_initializer(future)
+        with self._count_lock:
+            self._finished += 1
+        if self._lock.acquire(blocking=False):  # else a thread is submitting: it does it then
+            try:
+                self._forget_finished()
+            finally:
+                self._lock.release()
+
+    def _forget_finished(self) -> None:
+        """As ProcessPoolExecutor, keep no call's arguments or result once its future is done: the
+        executor forgets its finished calls once they are half of those it holds (so O(1) per call).
+        With the lock held (never waited for in the backend's result thread, which runs this)."""
+        if 2 * self._finished >= len(self.fexec.futures):
+            with self._count_lock:
+                self._finished = 0
+            self.fexec.clean()
 
     def _check_initializer(self, future: cf.Future) -> None:
         """Once an initializer failed, fail every pending call, as a broken ProcessPoolExecutor does."""

@@ -663,9 +663,8 @@ class FunctionExecutor:
         if cancel_futures:
             for f in self.futures:
                 f.cancel()  # refused by those running
-            cancel = getattr(self.backend, "cancel", None)
             runs = {run.job.key: run for run in self._runs}
-            for job, index in (cancel() if cancel else None) or ():
+            for job, index in self.backend.cancel():
                 if job.key in runs:  # dropped before it ran (a retry's future is running: cancel it too)
                     discard(runs[job.key].futures[index])
                     runs[job.key].settle([(index, None, None)])

@@ -283,9 +283,8 @@ class CloudbuttonBackend(AutoBatchingMixin, ParallelBackendBase):
         executor = self._executor
         for future in list(self._pending):
             discard(future)
-        abort = getattr(executor.backend, "abort", None) if executor is not None else None
-        if abort is not None:
-            abort()
+        if executor is not None:
+            executor.backend.abort()
         self.terminate()
 
     def terminate(self) -> None:
@@ -314,13 +313,9 @@ class CloudbuttonBackend(AutoBatchingMixin, ParallelBackendBase):
         with self._lock:
             if self._executor is not None:
                 return self._executor.backend.workers
-        if self.config.backend == "local":  # the size of the local backend's worker pool, without starting it
-            import os
-
-            return self.config.max_workers or os.cpu_count() or 1
         from .executor import FunctionExecutor
 
-        executor = FunctionExecutor(config=self.config)  # e.g. a cluster's size: ask it, then let it go
+        executor = FunctionExecutor(config=self.config)  # ask the backend (local starts no worker for it)
         try:
             return executor.backend.workers
         finally:

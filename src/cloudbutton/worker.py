@@ -26,6 +26,12 @@ _MB = 2**20
 _calls = threading.local()
 
 
+def retire() -> None:
+    """Ask for the worker process running this call to be replaced once the call returns (a Pool's
+    ``maxtasksperchild``)."""
+    _calls.retire = True
+
+
 def in_call() -> bool:
     """Whether this thread is running a call: calls use their caller's state server, never one of their own."""
     return getattr(_calls, "running", False)
@@ -93,6 +99,8 @@ class Runtime:
                 stats["memory_exceeded"] = True
         finally:
             _calls.running = False
+            if getattr(_calls, "retire", False):
+                _calls.retire, stats["retire"] = False, True
             if memory_limited:
                 _limit_memory(None)
         stats["result_bytes"] = len(payload) if ok else 0

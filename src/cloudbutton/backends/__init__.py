@@ -47,7 +47,10 @@ class ResultSink(Protocol):
 class Backend(abc.ABC):
     """Runs batches of calls. Subclasses implement ``submit`` and usually ``close``."""
 
-    shares_host = False  # whether workers see the caller's files, sys.path and cwd (and import its modules)
+    shares_host = False
+    """Whether workers see the caller's files, ``sys.path`` and working directory (and import its modules)."""
+    recycles_workers = False
+    """Whether a worker is replaced after a call that asked for it (``worker.retire()``: ``maxtasksperchild``)."""
 
     def __init__(self, config: Config):
         self.config = config
@@ -64,6 +67,17 @@ class Backend(abc.ABC):
 
     def close(self) -> None:  # noqa: B027 - optional for backends that start nothing
         """Stop what this backend started."""
+
+    def cancel(self) -> list[tuple[JobSpec, int]]:
+        """Drop the calls given to this backend that have not started; return them ``(job, index)``."""
+        return []
+
+    def abort(self) -> None:  # noqa: B027 - optional: a backend that cannot stop calls lets them run
+        """Stop the calls of this backend that are running (``Pool.terminate()``)."""
+
+    def reserve(self, calls: int) -> None:  # noqa: B027 - optional: most backends need not reserve
+        """Let ``calls`` calls run at once whatever ``max_workers`` says (each running
+        ``multiprocessing.Process`` may wait for another); called before anything is submitted."""
 
 
 @functools.cache

@@ -378,7 +378,7 @@ class WorkerPool:
         batch.queued.in_flight -= len(results)
         busy = sum(stats["finished"] - stats["started"] for _, _, _, stats in results)
         batch.queued.seconds_per_call = busy / len(results)
-        w.retiring = w.retiring or any(r[3].get("memory_exceeded", False) for r in results)
+        w.retiring = w.retiring or any(r[3].get("memory_exceeded") or r[3].get("retire") for r in results)
         if batch.done == len(batch.calls):
             w.batch = None
             if w.retiring:
@@ -537,6 +537,7 @@ def _available_memory() -> int | None:
 
 class LocalBackend(Backend):
     shares_host = True
+    recycles_workers = True
 
     def __init__(self, config):
         super().__init__(config)

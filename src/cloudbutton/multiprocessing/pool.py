@@ -8,15 +8,19 @@ import itertools
 import queue
 import threading
 import traceback
+import warnings
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from multiprocessing import TimeoutError  # the standard library's, which callers catch
+from multiprocessing.pool import MaybeEncodingError, RemoteTraceback  # the standard library's, which callers catch
 from typing import Any
 
-from ..concurrent import _chunks, _Runner
+from .. import serialize
+from ..concurrent import _chunks, _noop, _Runner
+from ..errors import SerializationError
 from ..futures import discard
 
-__all__ = ["AsyncResult", "IMapIterator", "Pool"]
+__all__ = ["AsyncResult", "IMapIterator", "MaybeEncodingError", "Pool", "RemoteTraceback"]
 
 _RUN, _CLOSE, _TERMINATE = "RUN", "CLOSE", "TERMINATE"
 
@@ -27,11 +31,41 @@ _POLL = 0.1
 
 
 def _outcome(future: cf.Future) -> tuple[bool, Any]:
-    """``(True, result)`` or ``(False, exception)`` of a finished call."""
+    """``(True, result)`` or ``(False, exception)`` of a finished call (its result comes pickled)."""
     if future.cancelled():
         return False, cf.CancelledError("the pool was terminated before this task finished")
     error = future.exception()
-    return (False, error) if error is not None else (True, future.result())
+    if error is not None:
+        return False, _with_remote_traceback(error)
+    try:
+        return True, serialize.loads(future.result())
+    except Exception as e:  # noqa: BLE001 - e.g. its class cannot be imported here: the task's outcome
+        return False, e
+
+
+_REMOTE = "Remote traceback of call "
+
+
+def _with_remote_traceback(error: BaseException) -> BaseException:
+    """As the standard library's Pool, a task's exception has the remote traceback as its ``__cause__``
+    (a ``RemoteTraceback``), besides the note that holds it."""
+    if error.__cause__ is None:
+        for note in getattr(error, "__notes__", ()):
+            if note.startswith(_REMOTE):  # its first line names the call and the worker
+                remote = note.split("\n", 1)[1]
+                error.__cause__ = RemoteTraceback(f'\n"""\n{remote}"""')
+                break
+    return error
+
+
+def _failed(error: BaseException) -> cf.Future:
+    """A task that could not be sent: its result raises ``error`` (what pickling it raised), as in the
+    standard library, where ``get()`` raises it."""
+    if isinstance(error, SerializationError) and error.__cause__ is not None:
+        error = error.__cause__
+    future: cf.Future = cf.Future()
+    future.set_exception(error)
+    return future
 
 
 def _first(results: list) -> Any:
@@ -71,13 +105,15 @@ class AsyncResult:
             self._all_done()
 
     def _all_done(self) -> None:
+        values = []
         for future in self._futures:  # the first error in input order is the result's
             ok, value = _outcome(future)
             if not ok:
                 self._error = value
                 break
+            values.append(value)
         if self._error is None:
-            self._value = self._combine([f.result() for f in self._futures])
+            self._value = self._combine(values)
         self._futures = []
         if self._callback is None and self._error_callback is None:
             self._finish()
@@ -205,14 +241,18 @@ class Pool:
     """``multiprocessing.Pool``'s interface; its tasks run as calls on a cloudbutton backend.
 
     ``processes``: calls running at once (default: the backend's, the CPU count on ``local``).
-    ``initializer(*initargs)`` runs once in each worker process before its first task; if it raises,
-    the tasks fail with ``cloudbutton.concurrent.InitializerError`` (the standard Pool would restart
-    workers forever). ``maxtasksperchild`` cannot be honoured (workers are shared and long-lived) and
-    raises ``NotImplementedError``. ``context`` is accepted and ignored. ``backend``, ``config`` and
+    ``initializer(*initargs)`` runs in each worker process as the pool starts (and in any other worker
+    before its first task); if it raises, the tasks fail with ``cloudbutton.concurrent.InitializerError``
+    (the standard Pool would restart workers forever). With ``maxtasksperchild``, a worker that ran that
+    many tasks of the pool is replaced, on backends that can (``recycles_workers``; elsewhere it raises
+    ``NotImplementedError``). ``context`` is accepted and ignored. ``backend``, ``config`` and
     ``**overrides`` are those of ``FunctionExecutor`` (e.g. ``timeout=``, ``runtime_memory=``).
 
-    A task whose worker dies fails with ``WorkerLostError``; the other tasks complete (the standard
-    Pool would hang). ``terminate()`` cancels the tasks not finished: their results raise
+    As in the standard library, a task's exception has the remote traceback as its ``__cause__`` (a
+    ``RemoteTraceback``); an argument that cannot be pickled raises what pickling it raised, and a
+    result that cannot be pickled back ``MaybeEncodingError``, when the result is got. A task whose
+    worker dies fails with ``WorkerLostError``; the other tasks complete (the standard Pool would
+    hang). ``terminate()`` cancels the tasks not finished: their results raise
     ``concurrent.futures.CancelledError`` (the standard Pool leaves them waiting forever).
     """
 
@@ -223,14 +263,11 @@ class Pool:
     ):
         if processes is not None and processes < 1:
             raise ValueError("Number of processes must be at least 1")
-        if maxtasksperchild is not None:
-            if not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0:
-                raise ValueError("maxtasksperchild must be a positive int or None")
-            raise NotImplementedError(
-                "maxtasksperchild cannot be honoured: workers are shared and long-lived. To bound the memory of"
-                " a leaking task, use Pool(runtime_memory=MB): a worker that exceeds it is replaced"
-            )
-        self._runner = _Runner(processes, initializer, tuple(initargs), backend, config, **overrides)
+        if maxtasksperchild is not None and (not isinstance(maxtasksperchild, int) or maxtasksperchild <= 0):
+            raise ValueError("maxtasksperchild must be a positive int or None")
+        self._runner = _Runner(processes, initializer, tuple(initargs), backend, config, maxtasksperchild, **overrides)
+        if initializer is not None:  # as the standard library's, each worker runs it as the pool starts
+            self._runner.submit(self._runner.task(_noop, counted=False), [()] * self._runner.workers, chunksize=1)
         self._state = _RUN
         self._outstanding: set = set()  # AsyncResults and IMapIterators not finished
         self._feeders: list[threading.Thread] = []
@@ -275,7 +312,10 @@ class Pool:
         self, func: Callable, args: Iterable = (), kwds: dict | None = None, callback=None, error_callback=None
     ) -> AsyncResult:
         self._check_running()
-        futures = self._runner.submit(self._runner.task(func), [tuple(args)], kwds)
+        try:
+            futures = self._runner.submit(self._runner.task(func, pickled=True), [tuple(args)], kwds)
+        except SerializationError as e:
+            futures = [_failed(e)]
         return AsyncResult(self, futures, _first, callback, error_callback)
 
     # --- many tasks -------------------------------------------------------------------------
@@ -296,7 +336,10 @@ class Pool:
 
     def _map_async(self, func, iterable, star: bool, chunksize, callback, error_callback) -> AsyncResult:
         self._check_running()
-        futures, chunked = self._submit(func, list(iterable), star, chunksize)
+        try:
+            futures, chunked = self._submit(func, list(iterable), star, chunksize)
+        except SerializationError as e:
+            futures, chunked = [_failed(e)], False
         return AsyncResult(self, futures, _flat if chunked else list, callback, error_callback)
 
     def imap(self, func: Callable, iterable: Iterable, chunksize: int = 1) -> IMapIterator:
@@ -314,7 +357,7 @@ class Pool:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
         result = IMapIterator(self, ordered, chunked=chunksize > 1)
         if hasattr(iterable, "__len__"):  # all known now: one job
-            result._add(self._submit(func, list(iterable), False, chunksize)[0])
+            result._add(_submit_imap(self._runner, func, list(iterable), chunksize))
             result._end()
         else:
             self._feeders = [feeder for feeder in self._feeders if feeder.is_alive()]
@@ -340,9 +383,7 @@ class Pool:
         self._runner.shutdown(wait=False, cancel_futures=True)
         for future in list(self._runner.fexec.futures):  # the standard Pool kills the tasks running too
             discard(future)
-        abort = getattr(self._runner.fexec.backend, "abort", None)
-        if abort is not None:
-            abort()
+        self._runner.fexec.backend.abort()
         for item in list(self._outstanding):
             if isinstance(item, IMapIterator):
                 item._end()
@@ -378,6 +419,10 @@ class Pool:
     def __repr__(self) -> str:
         return f"<cloudbutton.multiprocessing.Pool state={self._state} processes={self._runner.workers}>"
 
+    def __del__(self, _warn=warnings.warn) -> None:
+        if getattr(self, "_state", None) == _RUN:  # as the standard library's (the finalizer terminates it)
+            _warn(f"unclosed running multiprocessing pool {self!r}", ResourceWarning, source=self)
+
 
 def _submit(runner: _Runner, func: Callable, items: list, star: bool, chunksize: int | None
             ) -> tuple[list[cf.Future], bool]:
@@ -389,9 +434,21 @@ def _submit(runner: _Runner, func: Callable, items: list, star: bool, chunksize:
         chunksize += bool(extra)
     if chunksize <= 1:
         calls = [tuple(args) for args in items] if star else [(x,) for x in items]
-        return runner.submit(runner.task(func), calls), False
-    task = runner.task(func, chunked=True, star=star)
+        return runner.submit(runner.task(func, pickled=True), calls), False
+    task = runner.task(func, chunked=True, star=star, pickled=True)
     return runner.submit(task, _chunks(items, chunksize)), True
+
+
+def _submit_imap(runner: _Runner, func: Callable, items: list, chunksize: int) -> list[cf.Future]:
+    """``imap``'s calls of ``func`` over ``items``. As in the standard library, an item (or chunk) that
+    cannot be pickled fails only its own result, with what pickling it raised."""
+    try:
+        return _submit(runner, func, items, False, chunksize)[0]
+    except SerializationError as e:
+        if len(items) <= chunksize:
+            return [_failed(e)]
+        chunks = [items[i : i + chunksize] for i in range(0, len(items), chunksize)]
+        return [f for chunk in chunks for f in _submit_imap(runner, func, chunk, chunksize)]
 
 
 def _callback_loop(callbacks: queue.SimpleQueue) -> None:
@@ -456,7 +513,7 @@ def _feed(runner: _Runner, stopped: threading.Event, func, iterable: Iterable, c
             error = item
         try:
             if items:
-                result._add(_submit(runner, func, items, False, chunksize)[0])
-        except Exception as e:  # noqa: BLE001 - e.g. an unpicklable item, or the pool was terminated
+                result._add(_submit_imap(runner, func, items, chunksize))
+        except Exception as e:  # noqa: BLE001 - e.g. the pool was terminated
             more, error = False, e
     result._end(error)

@@ -13,6 +13,7 @@ import threading
 import traceback
 import weakref
 from collections.abc import Callable, Iterable, Mapping
+from multiprocessing.process import AuthenticationString
 
 from ..errors import WorkerLostError
 
@@ -48,16 +49,22 @@ def _bootstrap(process: Process) -> tuple[int, str, int]:
     return exitcode, message, os.getpid()
 
 
-def _close_pipe_ends(process: Process) -> None:
-    """Close the Pipe ends a Process was given (its arguments and attributes), as a child's exit closes
-    its descriptors: a peer blocked in ``recv()`` then gets EOFError instead of waiting forever."""
+def _pipe_ends(process: Process) -> list:
+    """The Pipe ends a Process was given (its arguments and attributes)."""
     from .connection import Connection
 
+    ends = []
     for value in vars(process).values():
         items = value.values() if isinstance(value, dict) else value if isinstance(value, tuple | list) else (value,)
-        for item in items:
-            if isinstance(item, Connection):
-                item.close()
+        ends += [item for item in items if isinstance(item, Connection)]
+    return ends
+
+
+def _close_pipe_ends(process: Process) -> None:
+    """Close the Pipe ends a Process was given, as a child's exit closes its descriptors: a peer blocked
+    in ``recv()`` then gets EOFError instead of waiting forever (if no other process holds the end)."""
+    for end in _pipe_ends(process):
+        end.close()
 
 
 def _process_runner():
@@ -112,12 +119,14 @@ class Process:
         self._target, self._args, self._kwargs = target, tuple(args), dict(kwargs or {})
         self._name = str(name) if name is not None else f"{type(self).__name__}-{next(_names)}"
         self._daemon = bool(daemon)
+        self._authkey = bytes(current_process().authkey)  # inherited, as in the standard library
         self._future: cf.Future | None = None
         self._exitcode: int | None = None
         self._pid: int | None = None
         self._settle_lock = threading.Lock()
         self._sentinel: int | None = None  # the read end of a pipe whose write end closes when the Process ends
         self._close_sentinel: weakref.finalize | None = None
+        self._holds: list[tuple] = []  # of the Pipe ends the worker got (see connection._copies_holds)
         self._closed = False
 
     def _check_closed(self) -> None:
@@ -136,12 +145,15 @@ class Process:
         runner = _process_runner()
         task = runner.task(_bootstrap)
         task.__qualname__ = self._name  # names the call in records and errors
-        reserve = getattr(runner.fexec.backend, "reserve", None)
+        ends = _pipe_ends(self)
         with _runner_lock:  # Processes started by several threads at once count each other
-            if reserve is not None:  # every running Process gets a worker: it may wait for another
-                reserve(len(_started) + 1)
+            runner.fexec.backend.reserve(len(_started) + 1)  # a worker for each running Process: it may wait
             self._future = runner.submit(task, [(self,)])[0]
             _started.add(self)
+        del self._target, self._args, self._kwargs  # as the standard library's: the worker has its own copies
+        from .connection import _copies_holds
+
+        self._holds = _copies_holds(ends)  # let go of if the worker dies, as a dead child's descriptors close
         this = weakref.ref(self)  # the executor keeps the future: it must not keep a finished Process alive
         self._future.add_done_callback(lambda _: (process := this()) is not None and process._settle())
         read_end, write_end = os.pipe()
@@ -160,6 +172,10 @@ class Process:
                 self._exitcode, message, self._pid = future.result()
             elif isinstance(error, WorkerLostError):  # the child died: the exit code says how, as in the stdlib
                 self._exitcode = _exitcode_of_lost(error)
+                from .connection import _release
+
+                for hold in self._holds:
+                    _release(*hold)
             else:
                 self._exitcode = 1
                 message = f"Process {self.name}:\n{''.join(traceback.format_exception(error))}"
@@ -219,6 +235,16 @@ class Process:
         self._name = name
 
     @property
+    def authkey(self) -> bytes:
+        """The key of the standard library's authentication (``multiprocessing.connection``), inherited
+        from the process that made this one."""
+        return AuthenticationString(self._authkey)
+
+    @authkey.setter
+    def authkey(self, authkey: bytes) -> None:
+        self._authkey = bytes(authkey)
+
+    @property
     def daemon(self) -> bool:
         return self._daemon
 
@@ -249,12 +275,14 @@ class Process:
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        for key in ("_future", "_settle_lock", "_sentinel", "_close_sentinel"):
+        for key in ("_future", "_settle_lock", "_sentinel", "_close_sentinel", "_holds"):
             state.pop(key, None)
         return state
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state, _future=None, _settle_lock=threading.Lock(), _sentinel=None, _close_sentinel=None)
+        self.__dict__.update(
+            state, _future=None, _settle_lock=threading.Lock(), _sentinel=None, _close_sentinel=None, _holds=[]
+        )
 
     def __repr__(self) -> str:
         if self._closed:

@@ -459,7 +459,7 @@ class Event(_Shared):
         return self._flag.wait(None if timeout is None else max(timeout, 0.0))
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__}({'set' if self.is_set() else 'unset'})>"
+        return f"<{type(self).__qualname__} at {id(self):#x} {'set' if self.is_set() else 'unset'}>"
 
 
 # --- barrier -----------------------------------------------------------------------------------------
