@@ -41,6 +41,29 @@ def wait_for(path, value=None):
     return value
 
 
+def start_child_then(pid_file, action="hang"):
+    """Starts a child process, records its pid in ``pid_file``, then hangs, or crashes its worker."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    with open(pid_file, "w") as f:
+        f.write(str(child.pid))
+    if action == "crash":
+        os._exit(7)
+    time.sleep(60)
+
+
+def process_ended(pid: int) -> bool:
+    """Whether process ``pid`` has ended (or is a zombie nobody reaped yet)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def unique(prefix: str) -> str:
     """A name no other test uses (shared state outlives a test)."""
     return f"{prefix}-{uuid.uuid4().hex}"

@@ -6,7 +6,6 @@ import sys
 import textwrap
 import threading
 import time
-from pathlib import Path
 
 import psutil
 import pytest
@@ -14,7 +13,17 @@ import pytest
 dask = pytest.importorskip("dask")
 distributed = pytest.importorskip("distributed")
 
-from calls import CustomError, exit_on, fail_on, inc, sleep_for, until, wait_for  # noqa: E402
+from calls import (  # noqa: E402
+    CustomError,
+    exit_on,
+    fail_on,
+    inc,
+    process_ended,
+    sleep_for,
+    start_child_then,
+    until,
+    wait_for,
+)
 
 from cloudbutton import (  # noqa: E402
     BackendError,
@@ -327,7 +336,6 @@ def test_unreachable_scheduler_is_a_backend_error():
 
 
 def _running(pid):
-    import psutil
 
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
@@ -390,25 +398,9 @@ def test_map_reduce_over_objects_and_large_payloads_through_storage(cluster, tmp
     assert [p.name for p in tmp_path.rglob("*") if p.is_file()] == ["log.txt"]
 
 
-def start_child_and_hang(pid_file):
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    Path(pid_file).write_text(str(child.pid))
-    time.sleep(60)
-
-
 def test_a_timed_out_call_takes_its_child_processes_with_it(own, tmp_path):
     pid_file = tmp_path / "child.pid"
     with pytest.raises(CallTimeoutError):
-        own.get_result(own.map(start_child_and_hang, [str(pid_file)], timeout=2))
+        own.get_result(own.map(start_child_then, [str(pid_file)], timeout=2))
     child = int(pid_file.read_text())
-    deadline = time.monotonic() + 10
-    while not _gone(child):
-        assert time.monotonic() < deadline, f"the call's child process {child} outlived its worker"
-        time.sleep(0.05)
-
-
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
+    until(lambda: process_ended(child), f"the call's child process {child} to end with its worker", timeout=10)

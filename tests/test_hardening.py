@@ -4,12 +4,10 @@ import math
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import psutil
 import pytest
-from calls import inc, wait_for
+from calls import inc, process_ended, start_child_then, until, wait_for
 
 from cloudbutton import CallTimeoutError, ConfigError, FunctionExecutor, StorageError, WorkerLostError
 
@@ -60,32 +58,13 @@ def test_waiting_without_limit_accepts_infinity(fexec):
         fexec.get_result(fexec.map(inc, [1]), timeout=math.nan)
 
 
-def start_child_then(pid_file, action):
-    """Starts a child process, records its pid, then hangs or crashes its worker."""
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    Path(pid_file).write_text(str(child.pid))
-    if action == "crash":
-        os._exit(7)
-    time.sleep(60)
-
-
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
 @pytest.mark.parametrize("action, error", [("hang", CallTimeoutError), ("crash", WorkerLostError)])
 def test_a_killed_or_lost_call_takes_its_child_processes_with_it(fexec, tmp_path, action, error):
     pid_file = tmp_path / "child.pid"
     with pytest.raises(error):
         fexec.get_result(fexec.map(start_child_then, [(str(pid_file), action)], timeout=2), timeout=60)
     child = int(pid_file.read_text())
-    deadline = time.monotonic() + 10
-    while not _gone(child) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _gone(child), f"the call's child process {child} outlived its worker"
+    until(lambda: process_ended(child), f"the call's child process {child} to end with its worker", timeout=10)
 
 
 DRIVER = """
