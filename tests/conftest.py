@@ -1,3 +1,4 @@
+import atexit
 import functools
 import http.server
 import io
@@ -32,6 +33,7 @@ def _no_cloudbutton_env(monkeypatch):
 SUITE_TMP = tempfile.mkdtemp(prefix="cloudbutton-tests-")
 os.environ["TMPDIR"] = SUITE_TMP
 tempfile.tempdir = None
+atexit.register(shutil.rmtree, SUITE_TMP, ignore_errors=True)  # also when no test ran (collection only)
 DEFAULT_JOBS = os.path.join(os.path.expanduser("~"), ".cache", "cloudbutton", "storage", "cloudbutton-jobs")
 
 
