@@ -353,3 +353,39 @@ def test_a_started_process_keeps_no_reference_to_its_target_and_arguments(tmp_pa
     gc.collect()
     assert [ref() for ref in refs] == [None, None]
     assert (tmp_path / "out").read_text() == "called"
+
+
+def report_start_method(conn):
+    conn.send(mp.get_start_method())
+    conn.close()
+
+
+def test_contexts_are_one_per_method_and_their_processes_run_with_it():
+    spawn, forkserver = mp.get_context("spawn"), mp.get_context("forkserver")
+    assert mp.get_context("spawn") is spawn and spawn.get_context() is spawn
+    with pytest.raises(ValueError):
+        spawn.set_start_method("forkserver")
+    with pytest.raises(ValueError) as info:  # also a NotImplementedError that says why
+        mp.get_context("fork")
+    assert isinstance(info.value, NotImplementedError)
+    for ctx in (spawn, forkserver):
+        reader, writer = ctx.Pipe(duplex=False)
+        p = ctx.Process(target=report_start_method, args=(writer,))
+        p.start()
+        writer.close()
+        assert reader.recv() == ctx.get_start_method()
+        p.join(60)
+    assert type(forkserver.Process()).__name__ == "ForkServerProcess"
+
+
+def test_sharedctypes_copy_and_synchronized():
+    from cloudbutton.multiprocessing import sharedctypes
+
+    original = sharedctypes.Array("i", [1, 2, 3])
+    copied = sharedctypes.copy(original)
+    original[0] = 9
+    assert copied[:] == [1, 2, 3] and original[:] == [9, 2, 3]
+    value = sharedctypes.synchronized(sharedctypes.RawValue("d", 1.5))
+    with value.get_lock():
+        value.value += 1
+    assert value.value == 2.5 and sharedctypes.copy(value).value == 2.5

@@ -15,9 +15,14 @@ _METHODS = ("spawn", "forkserver")
 _start_method: str | None = None
 
 
+class StartMethodUnavailable(NotImplementedError, ValueError):
+    """A start method that cannot be honoured: a ``NotImplementedError`` that says why, and a
+    ``ValueError`` as the standard library raises for a method the platform lacks."""
+
+
 def _checked(method: str) -> str:
     if method == "fork":
-        raise NotImplementedError(
+        raise StartMethodUnavailable(
             "the 'fork' start method cannot be honoured: calls run in separate worker processes (possibly on other"
             " machines), which cannot inherit this process's memory. Use 'spawn': functions, their arguments and"
             " the globals they use are pickled to the workers"
@@ -37,6 +42,12 @@ class Context:
     def get_start_method(self, allow_none: bool = False) -> str:
         return self._method
 
+    def get_context(self, method: str | None = None) -> Context:
+        return self if method is None else get_context(method)
+
+    def set_start_method(self, method, force: bool = False) -> None:
+        raise ValueError("cannot set start method of concrete context")
+
     def __getattr__(self, name: str):
         from .. import multiprocessing as package
 
@@ -48,10 +59,29 @@ class Context:
         return f"<cloudbutton.multiprocessing context {self._method!r}>"
 
 
+class SpawnContext(Context):
+    @property
+    def Process(self):  # noqa: N802 - the standard library's name
+        from .process import SpawnProcess
+
+        return SpawnProcess
+
+
+class ForkServerContext(Context):
+    @property
+    def Process(self):  # noqa: N802 - the standard library's name
+        from .process import ForkServerProcess
+
+        return ForkServerProcess
+
+
+_contexts = {"spawn": SpawnContext("spawn"), "forkserver": ForkServerContext("forkserver")}
+
+
 def get_context(method: str | None = None) -> Context:
-    """A context for ``method`` ('spawn' or 'forkserver'; None: the current one); 'fork' raises
-    ``NotImplementedError``."""
-    return Context(get_start_method() if method is None else _checked(method))
+    """The context of ``method`` ('spawn' or 'forkserver'; None: the current one), one per method;
+    'fork' raises ``StartMethodUnavailable``."""
+    return _contexts[get_start_method() if method is None else _checked(method)]
 
 
 def get_start_method(allow_none: bool = False) -> str | None:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from multiprocessing.process import AuthenticationString
 
 from ..errors import WorkerLostError
+from . import context
 
 __all__ = ["Process", "active_children", "current_process"]
 
@@ -31,6 +32,7 @@ def _bootstrap(process: Process) -> tuple[int, str, int]:
     what the child would have printed to stderr on failure, and the worker's pid."""
     global _current
     _current, message = process, ""
+    context._start_method = process._start_method  # what the child's get_start_method() says
     try:
         process.run()
         exitcode = 0
@@ -110,6 +112,8 @@ class Process:
     ``terminate()`` and ``kill()`` are not supported.
     """
 
+    _context_method: str | None = None  # set by the Process classes of a context (ctx.Process)
+
     def __init__(
         self, group: None = None, target: Callable | None = None, name: str | None = None, args: Iterable = (),
         kwargs: Mapping | None = None, *, daemon: bool | None = None,
@@ -142,6 +146,7 @@ class Process:
         self._check_closed()
         if self._future is not None:
             raise AssertionError("cannot start a process twice")
+        self._start_method = self._context_method or context.get_start_method()
         runner = _process_runner()
         task = runner.task(_bootstrap)
         task.__qualname__ = self._name  # names the call in records and errors
@@ -304,3 +309,15 @@ def current_process():
 def active_children() -> list[Process]:
     """The Processes started here that have not ended."""
     return [p for p in list(_started) if p.is_alive()]
+
+
+class SpawnProcess(Process):
+    """``get_context("spawn").Process``: runs with the 'spawn' start method whatever the default."""
+
+    _context_method = "spawn"
+
+
+class ForkServerProcess(Process):
+    """``get_context("forkserver").Process``."""
+
+    _context_method = "forkserver"

@@ -18,7 +18,7 @@ from typing import Any
 from .. import state
 from .synchronize import RLock, _name, _Shared
 
-__all__ = ["Array", "RawArray", "RawValue", "SynchronizedArray", "Synchronized", "Value"]
+__all__ = ["Array", "RawArray", "RawValue", "SynchronizedArray", "Synchronized", "Value", "copy", "synchronized"]
 
 
 def _ctype(typecode_or_type) -> type:
@@ -226,6 +226,28 @@ class SynchronizedString(Synchronized, SynchronizedArray):
     def raw(self, data: bytes) -> None:
         with self._lock:
             self._obj.raw = data
+
+
+def copy(obj):
+    """A new raw value or array on the server with the contents of ``obj`` (a raw or synchronized one)."""
+    if isinstance(obj, _Synchronized):
+        obj = obj.get_obj()
+    if isinstance(obj, _RawValue):
+        return RawValue(obj._type, obj.value)
+    if isinstance(obj, _RawArray):
+        return RawArray(obj._type, obj[:])
+    raise TypeError(f"copy() takes a shared value or array, not {type(obj).__name__}")
+
+
+def synchronized(obj, lock=None):
+    """``obj`` (a raw value or array) with a lock that guards each of its reads and writes."""
+    if isinstance(obj, _RawCharArray):
+        return SynchronizedString(obj, _lock_for(lock))
+    if isinstance(obj, _RawArray):
+        return SynchronizedArray(obj, _lock_for(lock))
+    if isinstance(obj, _RawValue):
+        return Synchronized(obj, _lock_for(lock))
+    raise TypeError(f"synchronized() takes a shared value or array, not {type(obj).__name__}")
 
 
 def Value(typecode_or_type, *args, lock=True):  # noqa: N802 - the standard library's name
