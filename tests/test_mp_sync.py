@@ -532,3 +532,13 @@ def test_a_stopped_server_is_a_state_error_for_waiters_and_callers(monkeypatch):
             Lock()
     finally:
         server.stop()
+
+
+def test_releasing_an_unheld_lock_raises_what_both_standard_locks_raise():
+    from cloudbutton import multiprocessing as mp
+
+    with mp.Manager() as manager:
+        for lock in (mp.Lock(), manager.Lock(), mp.BoundedSemaphore(1)):
+            with pytest.raises(ValueError) as info:  # multiprocessing's
+                lock.release()
+            assert isinstance(info.value, RuntimeError)  # and threading's

@@ -35,6 +35,11 @@ LEASE = 10.0
 _TOO_MANY = "semaphore or lock released too many times"
 
 
+class ReleasedTooManyTimes(ValueError, RuntimeError):
+    """A lock or bounded semaphore released when not held: the ``ValueError`` of ``multiprocessing``'s
+    locks, and the ``RuntimeError`` of ``threading``'s (what a ``Manager().Lock()`` raises)."""
+
+
 def _name(kind: str) -> str:
     return f"mp:{kind}:{uuid.uuid4().hex}"
 
@@ -183,13 +188,13 @@ class Lock(_Shared):
         handle, self._holder = self._holder, None  # cleared first: a new holder may set it right after
         if handle is None:  # held by another process, maybe: the standard library lets any process release it
             if not self._lock.release_any():
-                raise ValueError(f"{_TOO_MANY}: {self!r} is not held")
+                raise ReleasedTooManyTimes(f"{_TOO_MANY}: {self!r} is not held")
             return
         _renewer.discard(handle)
         try:
             handle.release()
         except LockNotHeldError:  # another process released it meanwhile
-            raise ValueError(f"{_TOO_MANY}: {self!r} is not held") from None
+            raise ReleasedTooManyTimes(f"{_TOO_MANY}: {self!r} is not held") from None
 
     def _is_mine(self) -> bool:
         return self._holder is not None
@@ -314,7 +319,7 @@ class BoundedSemaphore(Semaphore):
 
     def release(self) -> None:
         if not self._taken.acquire(blocking=False):
-            raise ValueError(_TOO_MANY)
+            raise ReleasedTooManyTimes(_TOO_MANY)
         super().release()
 
 
