@@ -47,6 +47,7 @@ EXCLUSIONS = {
     "TestSimpleQueue.test_closed": "checks the private _reader/_writer connections of SimpleQueue",
     "WithProcessesTestCondition.test_notify*": "checks the private _sleeping_count/_woken_count of the Condition",
     "WithProcessesTestPool.test_make_pool": "counts the private _pool of worker processes",
+    "*TestPoolWorkerLifetime.test_pool_worker_lifetime": "reads the private _pool of worker processes",
     "WithProcessesTestPool.test_resource_warning": "sets the private _state of the Pool",
     "TestPoolNotLeakOnFailure.*": "mocks the private Process factory of the standard library's Pool",
     "TestResourceTracker.*": "the standard library's resource tracker process and its signals",
