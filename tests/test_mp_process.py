@@ -256,7 +256,7 @@ def test_cpu_count_is_the_configured_workers():
 
 def test_contexts():
     ctx = mp.get_context("spawn")
-    assert ctx.Process is mp.Process and ctx.Pool is mp.Pool and ctx.get_start_method() == "spawn"
+    assert issubclass(ctx.Process, mp.Process) and ctx.Pool is mp.Pool and ctx.get_start_method() == "spawn"
     assert mp.get_context().get_start_method() in mp.get_all_start_methods()
     with pytest.raises(NotImplementedError, match="'spawn'"):
         mp.get_context("fork")
