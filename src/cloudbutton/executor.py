@@ -25,6 +25,7 @@ from .futures import (
     ALL_COMPLETED,
     DONE_STATES,
     FuturesList,
+    JobInfo,
     ResponseFuture,
     as_list,
     discard,
@@ -36,6 +37,7 @@ from .futures import (
 from .job import JobSpec, expand_objects, parameter_names, plan_calls
 from .stats import summary_rows, to_dataframe
 from .storage import Storage, default_storage_url, resolve_url
+from .worker import Results
 
 logger = logging.getLogger(__name__)
 
@@ -49,11 +51,12 @@ class _JobRun:
         retry_errors: bool = False,
     ):
         self.executor, self.job, self.futures, self.retries = executor, job, futures, retries
+        self.info = futures[0]._job if futures else None  # their shared record, with the calls' stats
         self.retry_errors = retry_errors  # run a call that raised again too, not only one whose worker was lost
         self.args: list[bytes | None] = [None] * len(futures)  # kept until settled, to run lost calls again
         self.payloads: list[bytes | None] | None = None  # results as pickled, kept for a reducer if set
         self.stored = False  # whether any argument or result went through storage
-        self.settled = [False] * len(futures)  # whether each call's outcome arrived (or it will never run)
+        self.settled = bytearray(len(futures))  # whether each call's outcome arrived (or it will never run)
         self.unsettled = len(futures)
         self._lock = threading.Lock()
 
@@ -65,30 +68,34 @@ class _JobRun:
                 if len(data) > threshold:
                     self.stored = True  # before writing: a failed write may leave a part behind
                     calls[n] = (index, spill.spill(data, f"{job.data_url}/args/{index:05d}"))
+        args = self.args
         for index, data in calls:
-            self.args[index] = data
+            args[index] = data
         self.executor.backend.submit(job, calls, self)
 
-    def on_results(self, job: JobSpec, results: list[tuple[int, bool, bytes, dict]]) -> None:
-        received, outcomes, futures = time.time(), [], self.futures
-        for index, ok, payload, stats in results:
-            future = futures[index]
-            stats["received"] = received
-            future.stats.update(stats)
-            stored = spill.is_reference(payload)
-            self.stored = self.stored or stored  # also for a cancelled call: its stored result must go too
-            if future._state in DONE_STATES:  # cancelled by the user meanwhile
+    def on_results(self, job: JobSpec, results: Results | list[tuple[int, bool, bytes, tuple]]) -> None:
+        if not isinstance(results, Results):
+            results = Results.of(results)
+        self.info.record(results.indices, results.stats, time.time())  # each call's last attempt's
+        outcomes, futures, payloads, mark, loads = [], self.futures, self.payloads, spill.MARK, serialize.loads
+        rows = zip(results.indices, results.oks, results.payloads, strict=True)
+        for position, (index, ok, payload) in enumerate(rows):
+            stored = payload[: len(mark)] == mark
+            if stored:
+                self.stored = True  # also for a cancelled call: its stored result must go too
+            if futures[index]._state in DONE_STATES:  # cancelled by the user meanwhile
                 outcomes.append((index, None, None))
                 continue
             try:
                 if stored:
                     payload = spill.unspill(payload)
                 if ok:
-                    value, error = serialize.loads(payload), None
-                    if self.payloads is not None:
-                        self.payloads[index] = payload
+                    value, error = loads(payload), None
+                    if payloads is not None:
+                        payloads[index] = payload
                 else:
-                    value, error = None, _remote_exception(job, index, payload, stats)
+                    worker_id, extra = results.stats[0][position], results.stats[-1][position]
+                    value, error = None, _remote_exception(job, index, payload, worker_id, extra)
             except Exception as e:  # the result cannot be read or unpickled here
                 name = job.call_name(index)
                 value, error = None, RemoteError(f"the result of call {name} cannot be loaded: {e!r}", name)
@@ -126,15 +133,16 @@ class _JobRun:
         """Settle calls ``(index, value, error)``; the first outcome of a call counts. Once every call
         is settled, the job's stored data is removed (before the last future settles, so that a waiter
         finds nothing left)."""
+        settled, args, payloads, futures = self.settled, self.args, self.payloads, self.futures
         with self._lock:
             fresh = []
             for index, value, error in outcomes:
-                if self.settled[index]:
+                if settled[index]:
                     continue
-                self.settled[index], self.args[index] = True, None
-                if self.payloads is not None and error is not None:
-                    self.payloads[index] = None
-                fresh.append((self.futures[index], value, error))
+                settled[index], args[index] = True, None
+                if payloads is not None and error is not None:
+                    payloads[index] = None
+                fresh.append((futures[index], value, error))
             self.unsettled -= len(fresh)
             last = self.unsettled == 0 and fresh
         if last and self.stored:
@@ -167,10 +175,11 @@ def _when_all_done(futures: list[ResponseFuture], then) -> None:
         future.add_done_callback(one_done)
 
 
-def _remote_exception(job: JobSpec, index: int, payload: bytes, stats: dict) -> BaseException:
+def _remote_exception(job: JobSpec, index: int, payload: bytes, worker_id: str, extra: dict | None) -> BaseException:
     exc_bytes, type_name, message, tb = pickle.loads(payload)
     name = job.call_name(index)
-    where = f"Remote traceback of call {name} on worker {stats.get('worker_id')}:\n{tb}"
+    extra = extra or {}
+    where = f"Remote traceback of call {name} on worker {worker_id}:\n{tb}"
     exc = None
     if exc_bytes is not None:
         try:
@@ -179,7 +188,7 @@ def _remote_exception(job: JobSpec, index: int, payload: bytes, stats: dict) -> 
             exc = None
     if exc is None:
         exc = RemoteError(f"call {name} raised {type_name}: {message}", name)
-    if stats.get("memory_exceeded"):
+    if extra.get("memory_exceeded"):
         limit = MemoryLimitError(f"call {name} exceeded its runtime_memory of {job.runtime_memory} MB", name)
         limit.__cause__ = exc
         exc = limit
@@ -572,8 +581,8 @@ class FunctionExecutor:
             data_url=f"{self._data_url}/{key.rsplit('/', 1)[1]}",
             storage_threshold=settings.storage_threshold,
         )
-        condition, submitted = threading.Condition(), time.time()
-        futures = [ResponseFuture(job.key, i, job.function_name, condition, submitted) for i in range(n_calls)]
+        info = JobInfo(job.key, job.function_name, threading.Condition(), time.time(), n_calls)
+        futures = ResponseFuture._of_job(info, n_calls)
         self.futures += futures
         if not collected_later:
             self._uncollected += futures
@@ -607,9 +616,18 @@ class FunctionExecutor:
             fs = as_list(fs)
             results = get_result(fs, throw_except, timeout, self._progress(show_progressbar))
             single = single and len(results) == 1
-        collected = set(map(id, fs))
-        self._uncollected = [f for f in self._uncollected if id(f) not in collected]
+        self._collected(fs)
         return results[0] if single else results
+
+    def _collected(self, fs: list) -> None:
+        """Drop ``fs`` from the calls not yet collected (at once if they are the last ones submitted)."""
+        uncollected, n = self._uncollected, len(fs)
+        tail = len(uncollected) - n
+        if n and tail >= 0 and all(a is b for a, b in zip(uncollected[tail:], fs, strict=True)):
+            del uncollected[tail:]
+            return
+        collected = set(map(id, fs))
+        self._uncollected = [f for f in uncollected if id(f) not in collected]
 
     def _progress(self, show_progressbar):
         return self.config.show_progressbar if show_progressbar is None else show_progressbar
@@ -645,8 +663,12 @@ class FunctionExecutor:
             if run.stored:
                 _remove_stored(run.job.data_url)  # normally gone already; a failed removal is retried
         self._runs = [run for run in self._runs if run not in finished]
-        self.futures = [f for f in self.futures if not forget(f)]
-        self._uncollected = [f for f in self._uncollected if not forget(f)]
+        if chosen is None:  # the common case, without a call per future
+            self.futures = [f for f in self.futures if f._state not in DONE_STATES]
+            self._uncollected = [f for f in self._uncollected if f._state not in DONE_STATES]
+        else:
+            self.futures = [f for f in self.futures if not forget(f)]
+            self._uncollected = [f for f in self._uncollected if not forget(f)]
 
     # --- lifetime ---------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import array
 import concurrent.futures as cf
 import concurrent.futures._base as cf_base
 import math
@@ -27,29 +28,139 @@ _LITHOPS_RETURN_WHEN = {0: ALWAYS, -1: ANY_COMPLETED, 100: ALL_COMPLETED}
 ``ALL_COMPLETED`` 100); any other number between 0 and 100 is the percentage of futures to wait for."""
 
 
+_PLAIN = frozenset({int, float, complex, str, bytes, bool, type(None), dict, tuple})
+"""Types of results that are surely not futures (a list may hold some)."""
+
 DONE_STATES = (cf_base.CANCELLED, cf_base.CANCELLED_AND_NOTIFIED, cf_base.FINISHED)
+
+
+_NAN = float("nan")
+_TIMES = ("started", "finished", "received")
+_SIZES = ("peak_rss", "args_bytes", "result_bytes")
+
+
+class JobInfo:
+    """What the futures of one job share: its key, function name, condition and submission time,
+    and its calls' stats, column by column (a dict per call would take several times the memory of
+    the rest of a call's record); the rare ones (``memory_exceeded``) are kept per call in ``extra``."""
+
+    __slots__ = ("key", "function_name", "condition", "submitted", "times", "sizes", "workers", "cold", "extra")
+
+    def __init__(self, key: str, function_name: str, condition, submitted: float, calls: int = 1):
+        self.key, self.function_name, self.condition, self.submitted = key, function_name, condition, submitted
+        self.times = [array.array("d", [_NAN]) * calls for _ in _TIMES]  # NaN: not known (yet)
+        self.sizes = [array.array("q", [-1]) * calls for _ in _SIZES]  # -1: not known
+        self.workers: list[str | None] = [None] * calls
+        self.cold = bytearray(calls)  # 0 not known, 1 warm, 2 cold
+        self.extra: dict[int, dict] = {}
+
+    def record(self, indices: tuple[int, ...], stats: tuple[tuple, ...], received: float) -> None:
+        """Keep the stats of (the last attempt of) calls ``indices``: ``stats`` has a column per
+        field of ``worker.STATS``, a row per call."""
+        workers, cold, started, finished, rss, args_size, result_size, extra = stats
+        cold = bytes(2 if c else 1 for c in cold)
+        received = array.array("d", [received]) * len(indices)
+        columns = ((self.workers, workers), (self.cold, cold), (self.times[0], started), (self.times[1], finished),
+                   (self.times[2], received), (self.sizes[0], rss), (self.sizes[1], args_size),
+                   (self.sizes[2], result_size))
+        first = indices[0] if indices else 0
+        if indices == tuple(range(first, first + len(indices))):  # the usual case: a run of calls
+            end = first + len(indices)
+            for column, values in columns:
+                column[first:end] = array.array(column.typecode, values) if type(column) is array.array else values
+        else:
+            for column, values in columns:
+                for index, value in zip(indices, values, strict=True):
+                    column[index] = value
+        if any(extra) or self.extra:
+            for index, value in zip(indices, extra, strict=True):
+                if value:
+                    self.extra[index] = value
+                else:
+                    self.extra.pop(index, None)
+
+    def stats(self, index: int) -> dict[str, Any]:
+        """The stats of call ``index``, as a new dict."""
+        stats: dict[str, Any] = {"submitted": self.submitted}
+        if self.workers[index] is not None:
+            stats["worker_id"] = self.workers[index]
+        if self.cold[index]:
+            stats["cold_start"] = self.cold[index] == 2
+        for column, name in zip(self.times, _TIMES, strict=True):
+            if column[index] == column[index]:  # not NaN
+                stats[name] = column[index]
+        for column, name in zip(self.sizes, _SIZES, strict=True):
+            if column[index] >= 0:
+                stats[name] = column[index]
+        stats.update(self.extra.get(index, ()))
+        return stats
 
 
 class ResponseFuture(cf.Future):
     """The future result of one call; ``stats`` holds its timestamps and measurements.
 
     The futures of one job share one ``threading.Condition`` (creating one per future costs more
-    than the rest of a call's overhead), so ``result``/``exception`` wait for their own state."""
+    than the rest of a call's overhead), so ``result``/``exception`` wait for their own state. A
+    future holds little: its job's shared record (with its stats), its index and its outcome, in
+    slots; its lists of waiters and callbacks are made when first needed."""
+
+    __slots__ = ("_job", "call_index", "_state", "_result", "_exception", "_waiting", "_callbacks")
 
     produces_output = True
     """False for the maps of a ``map_reduce``: ``get_result`` of a list gives only the others' results."""
+    attempts = 1
+    _stats: dict | None = None  # those of a future made from a pickled one; else in its job's columns
 
     def __init__(self, job_key: str, call_index: int, function_name: str, condition=None, submitted=None):
-        self._condition = condition or threading.Condition()
-        self._state = cf_base.PENDING
-        self._result = self._exception = None
-        self._waiters: list = []
-        self._done_callbacks: list = []
-        self.job_key = job_key
-        self.call_index = call_index
-        self.function_name = function_name
-        self.attempts = 1
-        self.stats: dict[str, Any] = {"submitted": submitted or time.time()}
+        self._job = JobInfo(job_key, function_name, condition or threading.Condition(), submitted or time.time())
+        self.call_index, self._state, self._result, self._exception = call_index, cf_base.PENDING, None, None
+        self._waiting = self._callbacks = None
+
+    @classmethod
+    def _of_job(cls, job: JobInfo, n: int) -> list[ResponseFuture]:
+        """The ``n`` futures of a job (faster than calling the constructor ``n`` times)."""
+        new, futures, pending = cls.__new__, [], cf_base.PENDING
+        for index in range(n):
+            future = new(cls)
+            future._job, future.call_index, future._state = job, index, pending
+            future._result = future._exception = future._waiting = future._callbacks = None
+            futures.append(future)
+        return futures
+
+    @property
+    def _waiters(self) -> list:  # concurrent.futures' name; the list is made on first use
+        if self._waiting is None:
+            self._waiting = []
+        return self._waiting
+
+    @property
+    def _done_callbacks(self) -> list:
+        if self._callbacks is None:
+            self._callbacks = []
+        return self._callbacks
+
+    @property
+    def _condition(self):
+        return self._job.condition
+
+    @property
+    def job_key(self) -> str:
+        return self._job.key
+
+    @property
+    def function_name(self) -> str:
+        return self._job.function_name
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        """The call's timestamps and measurements (a dict made from its job's columns)."""
+        if self._stats is not None:
+            return self._stats
+        return self._job.stats(self.call_index)
+
+    @stats.setter
+    def stats(self, value: dict) -> None:
+        self._stats = value
 
     def _wait_done(self, timeout: float | None) -> None:
         with self._condition:
@@ -135,8 +246,8 @@ class ResponseFuture(cf.Future):
 
 
 def _settled_future(job_key, call_index, function_name, stats, cancelled, result, error) -> ResponseFuture:
-    future = ResponseFuture(job_key, call_index, function_name)
-    future.stats.update(stats)
+    future = ResponseFuture(job_key, call_index, function_name, submitted=stats.get("submitted"))
+    future.stats = stats
     future._state = cf_base.CANCELLED_AND_NOTIFIED if cancelled else cf_base.FINISHED
     future._result, future._exception = result, error
     return future
@@ -216,28 +327,28 @@ def settle(outcomes: list[tuple[ResponseFuture, Any, BaseException | None]]) -> 
     (cancelled by the user) are left as they are."""
     if not outcomes:
         return
-    condition = outcomes[0][0]._condition
+    condition, finished = outcomes[0][0]._job.condition, cf_base.FINISHED
     settled = []
     with condition:
         for future, value, error in outcomes:
-            assert future._condition is condition, "settle() takes the futures of one job"
+            assert future._job.condition is condition, "settle() takes the futures of one job"
             if future._state in DONE_STATES:
                 continue
             if error is None:
                 future._result = value
             else:
                 future._exception = error
-            future._state = cf_base.FINISHED
-            for waiter in future._waiters:
+            future._state = finished
+            for waiter in future._waiting or ():
                 if error is None:
                     waiter.add_result(future)
                 else:
                     waiter.add_exception(future)
-            settled.append(future)
+            if future._callbacks:
+                settled.append(future)
         condition.notify_all()
     for future in settled:
-        if future._done_callbacks:
-            future._invoke_callbacks()
+        future._invoke_callbacks()
 
 
 class _ProgressBar:
@@ -334,11 +445,11 @@ def _needed(return_when, n: int) -> int | None:
 def _wait_all(pending: list[ResponseFuture], deadline: float | None, bar: _ProgressBar | None, done: int) -> None:
     """Wait until every future is done or ``deadline`` passes, on the conditions the futures share
     (``concurrent.futures.wait`` would add a waiter to each future, which each settling then updates)."""
-    groups: dict[int, list[ResponseFuture]] = {}
+    groups: dict[JobInfo, list[ResponseFuture]] = {}
     for f in pending:
-        groups.setdefault(id(f._condition), []).append(f)
-    for group in groups.values():
-        condition, position = group[0]._condition, 0
+        groups.setdefault(f._job, []).append(f)
+    for job, group in groups.items():
+        condition, position = job.condition, 0
         with condition:
             while True:
                 while position < len(group) and group[position]._state in DONE_STATES:
@@ -374,6 +485,10 @@ def get_result(
         )
     results = []
     for f in fs:
+        if f._state == cf_base.FINISHED and f._exception is None and type(f._result) in _PLAIN:
+            if getattr(f, "produces_output", True):
+                results.append(f._result)  # the common case, read without the lock (a final state)
+            continue
         if not getattr(f, "produces_output", True):
             continue
         value = _outcome(f, throw_except)

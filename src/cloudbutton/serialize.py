@@ -179,6 +179,9 @@ def _plain(args: tuple, kwargs: dict) -> bool:
 
 def dumps_arguments(calls: list[tuple[tuple, dict]], module_names: list[str], what: str) -> list[bytes]:
     """Pickle each call's ``(args, kwargs)`` separately; ``what`` names them in an error."""
+    scalars, dumps, protocol = _SCALARS, pickle.dumps, pickle.HIGHEST_PROTOCOL
+    if all(len(args) == 1 and not kwargs and type(args[0]) in scalars for args, kwargs in calls):
+        return [dumps(call, protocol) for call in calls]  # the common case: one plain argument each
     out = []
     with _shipping_by_value(module_names):
         for i, (args, kwargs) in enumerate(calls):

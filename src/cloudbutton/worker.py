@@ -15,15 +15,40 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import serialize, spill
 from .errors import SerializationError
 from .job import JobSpec
 
 _MB = 2**20
+_MARK_SIZE = len(spill.MARK)
+_SCALARS = frozenset({int, float, str, bytes, bool, type(None)})
+loads = pickle.loads
+getrusage, RUSAGE_SELF = resource.getrusage, resource.RUSAGE_SELF
 
 _calls = threading.local()
+
+STATS = ("worker_id", "cold_start", "started", "finished", "peak_rss", "args_bytes", "result_bytes", "extra")
+"""The fields of a call's stats as ``run_call`` returns them: timestamps from ``time.time()``, sizes in
+bytes (-1: not known, e.g. the arguments could not be read), and ``extra``, None or a dict of the
+rare ones (``memory_exceeded``, ``retire``)."""
+
+
+class Results(NamedTuple):
+    """The results of a group of calls of one job, column by column: what a local worker sends in
+    one message (columns pickle and load faster than a tuple per call, and are stored as they are)."""
+
+    indices: tuple[int, ...]
+    oks: tuple[bool, ...]
+    payloads: tuple[bytes, ...]
+    stats: tuple[tuple, ...]  # one column per field of STATS
+
+    @classmethod
+    def of(cls, results: list[tuple[int, bool, bytes, tuple]]) -> Results:
+        """The columns of results as ``Runtime.run_call`` returns them."""
+        indices, oks, payloads, stats = zip(*results, strict=True) if results else ((), (), (), ())
+        return cls(indices, oks, payloads, tuple(zip(*stats, strict=True)) if stats else ((),) * len(STATS))
 
 
 def retire() -> None:
@@ -44,6 +69,7 @@ class Runtime:
         self.worker_id = worker_id
         self.enforce_memory = enforce_memory
         self.calls_run = 0
+        self._peak_rss = 0  # the process's peak resident size, as last read
         self._functions: collections.OrderedDict[str, Any] = collections.OrderedDict()
 
     def function(self, job: JobSpec):
@@ -59,60 +85,71 @@ class Runtime:
 
     def run_batch(
         self, job: JobSpec, calls: list[tuple[int, bytes]], starting: Callable[[int], None] | None = None
-    ) -> Iterator[tuple[int, bool, bytes, dict]]:
+    ) -> Iterator[tuple[int, bool, bytes, tuple]]:
         """Run calls of one job in turn, yielding each result as soon as it is ready; ``starting``
         is told the position in ``calls`` of each call before it runs."""
-        if job.sys_path is not None and sys.path != list(job.sys_path):
-            sys.path[:] = job.sys_path
+        self.enter(job)
         for position, (index, args_bytes) in enumerate(calls):
             if starting is not None:
                 starting(position)
             yield self.run_call(job, index, args_bytes)
 
-    def run_call(self, job: JobSpec, index: int, args_bytes: bytes) -> tuple[int, bool, bytes, dict]:
+    @staticmethod
+    def enter(job: JobSpec) -> None:
+        """Before a batch of ``job``'s calls: the caller's ``sys.path``."""
+        if job.sys_path is not None and sys.path != list(job.sys_path):
+            sys.path[:] = job.sys_path
+
+    def run_call(self, job: JobSpec, index: int, args_bytes: bytes) -> tuple[int, bool, bytes, tuple]:
         """Run one call; returns ``(index, ok, payload, stats)`` where payload is the pickled result,
-        or, when not ok, the pickled ``(exception or None, type name, message, traceback)``."""
-        stats: dict[str, Any] = {
-            "worker_id": self.worker_id,
-            "cold_start": self.calls_run == 0,
-            "started": time.time(),
-        }
+        or, when not ok, the pickled ``(exception or None, type name, message, traceback)``, and
+        stats is a tuple of the :data:`STATS` fields (a dict per call would cost more than the call)."""
+        started, cold = time.time(), self.calls_run == 0
         self.calls_run += 1
         saved_env = None
         memory_limited = self.enforce_memory and job.runtime_memory is not None
-        _calls.running = True
+        memory_exceeded = False
+        args_size = -1
+        _calls.running, _calls.retire = True, False
         try:
             if job.cwd is not None:
                 _enter(job.cwd)  # every call starts in the caller's directory, even if the last one left it
-            saved_env = _apply_env(job.extra_env)
+            if job.extra_env:
+                saved_env = _apply_env(job.extra_env)
             if memory_limited:
                 _limit_memory(job.runtime_memory)
-            func = self.function(job)
-            args_bytes = spill.unspill(args_bytes)
-            stats["args_bytes"] = len(args_bytes)
-            args, kwargs = serialize.loads(args_bytes)
+            func = self._functions.get(job.function_key) or self.function(job)
+            if args_bytes[:_MARK_SIZE] == spill.MARK:
+                args_bytes = spill.unspill(args_bytes)
+            args_size = len(args_bytes)
+            args, kwargs = loads(args_bytes)
             result = func(*args, **kwargs)
             payload, ok = _dumps_result(job, index, result), True
         except BaseException as e:  # noqa: BLE001 - everything a call raises goes back to the caller
             payload, ok = _pack_exception(e), False
-            if memory_limited and isinstance(e, MemoryError):
-                stats["memory_exceeded"] = True
+            memory_exceeded = memory_limited and isinstance(e, MemoryError)
         finally:
             _calls.running = False
-            if getattr(_calls, "retire", False):
-                _calls.retire, stats["retire"] = False, True
             if memory_limited:
                 _limit_memory(None)
-        stats["result_bytes"] = len(payload) if ok else 0
+        result_size = len(payload) if ok else 0
         try:  # still with the call's extra_env: it may hold the storage's credentials
-            if job.data_url and job.storage_threshold and len(payload) > job.storage_threshold:
+            if job.storage_threshold and len(payload) > job.storage_threshold and job.data_url:
                 payload = spill.spill(payload, f"{job.data_url}/results/{index:05d}")
         except Exception as e:  # noqa: BLE001 - the call's outcome is this error instead
-            payload, ok, stats["result_bytes"] = _pack_exception(e), False, 0
+            payload, ok, result_size = _pack_exception(e), False, 0
         finally:
-            _apply_env(saved_env)
-        stats["finished"] = time.time()
-        stats["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            if saved_env is not None:
+                _apply_env(saved_env)
+        finished = time.time()
+        if finished - started > 0.0005 or not self._peak_rss:  # a quicker call barely moves the peak
+            self._peak_rss = getrusage(RUSAGE_SELF).ru_maxrss * 1024
+        extra = None
+        if memory_exceeded or _calls.retire:
+            extra = {"memory_exceeded": True} if memory_exceeded else {}
+            if _calls.retire:
+                _calls.retire, extra["retire"] = False, True
+        stats = (self.worker_id, cold, started, finished, self._peak_rss, args_size, result_size, extra)
         return index, ok, payload, stats
 
 
@@ -127,6 +164,8 @@ def _enter(cwd: str) -> None:
 
 def _dumps_result(job: JobSpec, index: int, result: Any) -> bytes:
     try:
+        if type(result) in _SCALARS:
+            return pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
         return serialize.dumps(result)
     except Exception as e:
         name = job.call_name(index)
@@ -234,7 +273,7 @@ class _ResultSender:
         with self.lock:
             self.has_pending.clear()
             if self.pending:
-                self.conn.send_bytes(pickle.dumps(self.pending, protocol=pickle.HIGHEST_PROTOCOL))
+                self.conn.send_bytes(pickle.dumps(Results.of(self.pending), protocol=pickle.HIGHEST_PROTOCOL))
                 self.pending = []
 
     def _flush_soon_forever(self) -> None:
@@ -259,6 +298,7 @@ def main(fd: int, progress_fd: int, parent_pid: int) -> None:
     progress = mmap.mmap(progress_fd, PROGRESS.size)
     sender = _ResultSender(conn)
     runtime = Runtime(f"local:{os.getpid()}", enforce_memory=True)
+    pack_progress, monotonic, run_call, add = PROGRESS.pack_into, time.monotonic, runtime.run_call, sender.add
     while True:
         try:
             message = conn.recv_bytes()
@@ -268,12 +308,11 @@ def main(fd: int, progress_fd: int, parent_pid: int) -> None:
         if job is None:
             return
 
-        def starting(position: int, number: int = number) -> None:
-            PROGRESS.pack_into(progress, 0, number, position, time.monotonic())
-
-        for result in runtime.run_batch(job, calls, starting):
-            sender.add(result)
-        starting(len(calls))
+        runtime.enter(job)
+        for position, (index, args_bytes) in enumerate(calls):  # Runtime.run_batch, without its layers
+            pack_progress(progress, 0, number, position, monotonic())
+            add(run_call(job, index, args_bytes))
+        pack_progress(progress, 0, number, len(calls), monotonic())
         try:
             sender.flush()
         except OSError:

@@ -20,6 +20,7 @@ from ..errors import BackendError, CallError, ConfigError
 if TYPE_CHECKING:
     from ..config import Config
     from ..job import JobSpec
+    from ..worker import Results
 
 ENTRY_POINT_GROUP = "cloudbutton.backends"
 
@@ -32,9 +33,10 @@ known_backends = {
 class ResultSink(Protocol):
     """Where a backend delivers the outcome of each call it was given (from any thread)."""
 
-    def on_results(self, job: JobSpec, results: list[tuple[int, bool, bytes, dict]]) -> None:
-        """Calls ran: each result is what ``Runtime.run_call`` returned (deliver them in groups when
-        they arrive together: settling many futures at once costs less than one at a time)."""
+    def on_results(self, job: JobSpec, results: Results | list[tuple[int, bool, bytes, tuple]]) -> None:
+        """Calls ran: each result is what ``Runtime.run_call`` returned, ``(index, ok, payload,
+        stats)``, or the results come as columns (:class:`~cloudbutton.worker.Results`). Deliver them
+        in groups when they arrive together: settling many calls at once costs less than one at a time."""
 
     def on_lost(self, job: JobSpec, index: int, error: CallError) -> None:
         """A call did not finish: its worker died or it exceeded its timeout."""

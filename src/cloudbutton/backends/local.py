@@ -31,7 +31,7 @@ from pathlib import Path
 
 from ..errors import BackendError, CallTimeoutError, WorkerLostError
 from ..job import JobSpec, next_batch_size
-from ..worker import PROGRESS, read_progress
+from ..worker import PROGRESS, Results, read_progress
 from . import Backend, ResultSink
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
@@ -369,16 +369,16 @@ class WorkerPool:
             batch.sink.on_results(batch.job, results)
         return eof
 
-    def _account(self, w: _Worker, results: list) -> tuple[_Batch, list]:
+    def _account(self, w: _Worker, results: Results) -> tuple[_Batch, Results]:
         """Book the results of one message (a worker groups results of the batch it runs)."""
         w.delivered = True
         self._start_failures = 0
-        batch = w.batch
-        batch.done += len(results)
-        batch.queued.in_flight -= len(results)
-        busy = sum(stats["finished"] - stats["started"] for _, _, _, stats in results)
-        batch.queued.seconds_per_call = busy / len(results)
-        w.retiring = w.retiring or any(r[3].get("memory_exceeded") or r[3].get("retire") for r in results)
+        batch, n = w.batch, len(results.indices)
+        batch.done += n
+        batch.queued.in_flight -= n
+        _, _, started, finished, _, _, _, extra = results.stats
+        batch.queued.seconds_per_call = (sum(finished) - sum(started)) / n
+        w.retiring = w.retiring or any(extra)  # a call exceeded its memory, or asked for it (retire())
         if batch.done == len(batch.calls):
             w.batch = None
             if w.retiring:
