@@ -662,7 +662,7 @@ class FunctionExecutor:
         for run in finished:
             if run.stored:
                 _remove_stored(run.job.data_url)  # normally gone already; a failed removal is retried
-        self._runs = [run for run in self._runs if run not in finished]
+        self._runs = [run for run in self._runs if run.unsettled]  # the others: no list scan per run
         if chosen is None:  # the common case, without a call per future
             self.futures = [f for f in self.futures if f._state not in DONE_STATES]
             self._uncollected = [f for f in self._uncollected if f._state not in DONE_STATES]
